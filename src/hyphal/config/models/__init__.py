@@ -1,0 +1,55 @@
+"""User-facing resource models (pydantic, camelCase aliases, unknown fields refused, frozen)."""
+
+from __future__ import annotations
+
+from hyphal.config.models.base import Metadata, ResourceModel, Source
+from hyphal.config.models.destination_rule import *
+from hyphal.config.models.destination_rule import DestinationRule
+from hyphal.config.models.hyphal import *
+from hyphal.config.models.hyphal import Service, Workload
+from hyphal.config.models.security import *
+from hyphal.config.models.security import AuthorizationPolicy, PeerAuthentication
+from hyphal.config.models.service_entry import *
+from hyphal.config.models.service_entry import ServiceEntry
+from hyphal.config.models.virtual_service import *
+from hyphal.config.models.virtual_service import VirtualService
+
+Resource = (
+    Service
+    | Workload
+    | VirtualService
+    | DestinationRule
+    | ServiceEntry
+    | AuthorizationPolicy
+    | PeerAuthentication
+)
+"""Any user resource (all are `ResourceModel` subclasses)."""
+
+KINDS: dict[str, type[ResourceModel]] = {
+    m.KIND: m
+    for m in (
+        Service,
+        Workload,
+        VirtualService,
+        DestinationRule,
+        ServiceEntry,
+        AuthorizationPolicy,
+        PeerAuthentication,
+    )
+}
+"""kind -> model class (each class lists its accepted apiVersions in API_VERSIONS)."""
+
+__all__ = [
+    "KINDS",
+    "AuthorizationPolicy",
+    "DestinationRule",
+    "Metadata",
+    "PeerAuthentication",
+    "Resource",
+    "ResourceModel",
+    "Service",
+    "ServiceEntry",
+    "Source",
+    "VirtualService",
+    "Workload",
+]
