@@ -1,6 +1,5 @@
 """The Envoy protobuf modules the translators build, imported once (xds-protos ships no stubs)."""
 
-# ruff: noqa: F401
 from __future__ import annotations
 
 from typing import Any
@@ -148,6 +147,7 @@ __all__ = [
     "path_pb2",
     "percent_pb2",
     "protocol_pb2",
+    "rbac_pb2",
     "regex_pb2",
     "route_components_pb2",
     "route_pb2",
