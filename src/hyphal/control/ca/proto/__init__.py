@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for Istio's certificate service (istio.v1.auth)."""
