@@ -1,0 +1,248 @@
+"""Sans-I/O HTTP/1.1 readers over httptools: bytes in, frozen events out, limits enforced.
+
+Theory of operation: the server feeds every received chunk to `RequestReader.feed` and acts
+on the returned events in order (`RequestHead`, `Body`*, `MessageEnd`, repeated for pipelined
+requests; `Upgrade` hands the remaining bytes to a tunnel; `ParseError` is terminal: answer
+its status and close). `ResponseReader` does the same for an upstream's responses. llhttp
+(inside httptools 0.9) already refuses the smuggling shapes (CL+TE, duplicate CL, a non-chunked
+final Transfer-Encoding, bad chunk sizes, obs-fold, bare LF, invalid token chars); this layer
+adds size limits, version checks and Host rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+import httptools
+
+from hyphal.proxy.http.headers import Headers
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_uri: int = 8192
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: bytes
+    headers: Headers
+    keep_alive: bool
+    chunked: bool
+    content_length: int | None
+    upgrade: bool
+    expect_continue: bool
+    host: bytes | None
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    status: int
+    reason: bytes
+    version: bytes
+    headers: Headers
+    chunked: bool
+    content_length: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEnd:
+    keep_alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    rest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ParseError:
+    status: int
+    detail: str
+
+
+Event = Union[RequestHead, ResponseHead, Body, MessageEnd, Upgrade, ParseError]
+
+
+class _Limit(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class _Reader:
+    __slots__ = ("_parser", "_events", "_headers", "_header_bytes", "_failed",
+                 "limits", "_chunked", "_content_length", "_url")
+
+    _parser: Any
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._events: list[Event] = []
+        self._failed = False
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._headers: Headers = []
+        self._header_bytes = 0
+        self._chunked = False
+        self._content_length: int | None = None
+        self._url = b""
+
+    # httptools callbacks -------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._reset_message()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise _Limit(431, "request headers exceed the size limit")
+        if len(self._headers) >= self.limits.max_headers:
+            raise _Limit(431, "too many request headers")
+        lower = name.lower()
+        if lower == b"transfer-encoding":
+            # llhttp already insists that chunked is last and alone with CL.
+            self._chunked = value.strip().lower().endswith(b"chunked")
+        elif lower == b"content-length":
+            self._content_length = int(value)
+        self._headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Body(bytes(body)))
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._failed:
+            return []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = int(exc.args[0])
+            self._events.append(Upgrade(bytes(data[offset:])))
+            self._failed = True
+        except httptools.HttpParserCallbackError as exc:
+            self._failed = True
+            cause = exc.__context__
+            if isinstance(cause, _Limit):
+                self._events.append(ParseError(cause.status, cause.detail))
+            else:
+                self._events.append(ParseError(400, f"malformed message: {cause or exc}"))
+        except httptools.HttpParserError as exc:
+            self._failed = True
+            self._events.append(ParseError(400, f"malformed message: {exc}"))
+        events = self._events
+        self._events = []
+        return events
+
+
+class RequestReader(_Reader):
+    """Parses requests from a downstream connection."""
+
+    __slots__ = ()
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        super().__init__(limits or Limits())
+        self._parser = httptools.HttpRequestParser(self)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_uri:
+            raise _Limit(414, "request URI exceeds the size limit")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version().encode()
+        if version not in (b"1.1", b"1.0"):
+            raise _Limit(505 if version.startswith(b"2") else 400,
+                         f"HTTP/{version.decode()} is not supported; use HTTP/1.1")
+        host: bytes | None = None
+        expect = False
+        upgrade = False
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"host":
+                if host is not None:
+                    raise _Limit(400, "more than one Host header")
+                host = value
+            elif lower == b"expect":
+                if value.lower() != b"100-continue":
+                    raise _Limit(417, "unsupported Expect header; only 100-continue is understood")
+                expect = True
+            elif lower == b"upgrade":
+                upgrade = True
+        if version == b"1.1" and host is None:
+            raise _Limit(400, "HTTP/1.1 request without a Host header")
+        method = parser.get_method()
+        self._events.append(RequestHead(
+            method=bytes(method), target=self._url, version=version, headers=self._headers,
+            keep_alive=parser.should_keep_alive(), chunked=self._chunked,
+            content_length=self._content_length, upgrade=upgrade and bool(parser.should_upgrade()),
+            expect_continue=expect, host=host,
+        ))
+
+    def on_message_complete(self) -> None:
+        # should_keep_alive() is only right inside this callback.
+        self._events.append(MessageEnd(self._parser.should_keep_alive()))
+
+
+class ResponseReader(_Reader):
+    """Parses responses from an upstream connection. Call `expect_head()` before a response
+    to a HEAD request (its Content-Length describes no body)."""
+
+    __slots__ = ("_head_request", "_status_reason", "stale")
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        super().__init__(limits or Limits(max_header_bytes=65536, max_headers=200))
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_request = False
+        self._status_reason = b""
+        # Set when the parser had to be abandoned mid-message (HEAD): the connection
+        # cannot be reused.
+        self.stale = False
+
+    def expect_head(self) -> None:
+        self._head_request = True
+
+    def on_status(self, status: bytes) -> None:
+        self._status_reason += status
+
+    def on_message_begin(self) -> None:
+        self._reset_message()
+        self._status_reason = b""
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        self._events.append(ResponseHead(
+            status=status, reason=self._status_reason or b"-",
+            version=parser.get_http_version().encode(), headers=self._headers,
+            chunked=self._chunked, content_length=self._content_length,
+        ))
+        if self._head_request and status >= 200:
+            self._head_request = False
+            self._events.append(MessageEnd(False))
+            self.stale = True
+            raise _Limit(0, "head response done")
+
+    def on_message_complete(self) -> None:
+        self._events.append(MessageEnd(self._parser.should_keep_alive()))
+
+    def feed(self, data: bytes) -> list[Event]:
+        events = super().feed(data)
+        if self.stale and events and isinstance(events[-1], ParseError) and events[-1].status == 0:
+            events.pop()
+        return events

@@ -1,0 +1,1 @@
+"""Transports for the sidecar: TLS material and contexts, peer identity."""

@@ -1,0 +1,127 @@
+"""TLS material for mesh mTLS: own certificate chain and key, trust bundle, SSL contexts.
+
+Server contexts require a client certificate from the trust bundle; client contexts verify
+the server against the bundle (no hostname check: identity is the URI SAN, checked by the
+caller against the cluster's expected SANs). `update` rotates the material: new connections
+use it, existing ones continue.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+class TlsConfigError(Exception):
+    """The certificate, key or bundle cannot be loaded (message says which and why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Contexts:
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+def _load(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes, server: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not server:
+        ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    # ssl only loads key material from files: a private 0700 directory, removed at once.
+    with tempfile.TemporaryDirectory(prefix="hyphal-tls-") as tmp:
+        os.chmod(tmp, 0o700)
+        chain_path = os.path.join(tmp, "chain.pem")
+        key_path = os.path.join(tmp, "key.pem")
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key_pem)
+        with open(chain_path, "wb") as handle:
+            handle.write(chain_pem)
+        try:
+            ctx.load_cert_chain(chain_path, key_path)
+        except (ssl.SSLError, OSError) as exc:
+            raise TlsConfigError(
+                f"cannot load the workload certificate chain and key: {exc}; check that the "
+                "key matches the first certificate of the chain and both are PEM"
+            ) from exc
+    try:
+        ctx.load_verify_locations(cadata=bundle_pem.decode("ascii"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise TlsConfigError(f"cannot load the trust bundle (PEM roots): {exc}") from exc
+    return ctx
+
+
+class TlsMaterial:
+    """Own chain + key + trust bundle, and the SSL contexts built from them."""
+
+    __slots__ = ("_contexts", "_front", "identity")
+
+    def __init__(self, chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> None:
+        self._contexts = self._build(chain_pem, key_pem, bundle_pem)
+        self.identity = spiffe_from_pem(chain_pem)
+        # The listening sockets keep one "front" context whose SNI callback swaps in the
+        # current one at ClientHello time, so rotation reaches already-bound listeners.
+        self._front = _load(chain_pem, key_pem, bundle_pem, server=True)
+        self._front.sni_callback = self._select
+
+    @staticmethod
+    def _build(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> _Contexts:
+        return _Contexts(_load(chain_pem, key_pem, bundle_pem, server=True),
+                         _load(chain_pem, key_pem, bundle_pem, server=False))
+
+    def _select(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        current = self._contexts.server
+        if sslobj.context is not current:
+            sslobj.context = current
+
+    def update(self, chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> None:
+        """Rotate: contexts are built first, so a bad input leaves the old material serving."""
+        contexts = self._build(chain_pem, key_pem, bundle_pem)
+        self.identity = spiffe_from_pem(chain_pem)
+        self._contexts = contexts
+
+    @property
+    def server_context(self) -> ssl.SSLContext:
+        """The context to bind listeners with (follows `update`)."""
+        return self._front
+
+    @property
+    def client_context(self) -> ssl.SSLContext:
+        """The context for a new upstream connection (take it per connection)."""
+        return self._contexts.client
+
+
+def uri_sans(peercert: dict[str, Any] | None) -> tuple[str, ...]:
+    if not peercert:
+        return ()
+    entries: Iterable[tuple[str, str]] = peercert.get("subjectAltName", ())
+    return tuple(value for kind, value in entries if kind == "URI")
+
+
+def spiffe_id(peercert: dict[str, Any] | None) -> str | None:
+    """The peer's SPIFFE id (first `spiffe://` URI SAN) from `getpeercert()`."""
+    for uri in uri_sans(peercert):
+        if uri.startswith("spiffe://"):
+            return uri
+    return None
+
+
+def spiffe_from_pem(chain_pem: bytes) -> str:
+    """Our own SPIFFE id, from the leaf of a PEM chain ("" when it has none)."""
+    from cryptography import x509
+
+    try:
+        leaf = x509.load_pem_x509_certificate(chain_pem)
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return ""
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith("spiffe://"):
+            return str(uri)
+    return ""

@@ -1,0 +1,1 @@
+"""Upstream side: load balancers, cluster runtime state, keep-alive connection pools."""

@@ -1,0 +1,249 @@
+"""Upstream HTTP/1.1 connections (asyncio Protocol) and their per-endpoint keep-alive pool."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from typing import Protocol
+
+from hyphal.proxy.http.codec import (
+    Body,
+    MessageEnd,
+    ParseError,
+    ResponseHead,
+    ResponseReader,
+    Upgrade,
+)
+from hyphal.proxy.runtime.tables import ClusterSpec, EndpointSpec
+from hyphal.proxy.transport.tls import TlsMaterial, spiffe_id
+from hyphal.telemetry.stats import Stats
+
+
+class ConnectFailure(Exception):
+    """Connecting to an endpoint failed; `reason` is the x-hyphal-reason flag."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class UpstreamSink(Protocol):
+    """What an in-flight exchange receives from its upstream connection."""
+
+    def on_response_head(self, head: ResponseHead) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self, keep_alive: bool) -> None: ...
+    def on_upstream_upgrade(self, rest: bytes) -> None: ...
+    def on_tunnel_data(self, data: bytes) -> None: ...
+    def on_upstream_error(self, detail: str) -> None: ...
+    def on_upstream_lost(self) -> None: ...
+    def on_upstream_flush(self) -> None: ...
+    def upstream_pause_writing(self) -> None: ...
+    def upstream_resume_writing(self) -> None: ...
+
+
+PoolKey = tuple[str, int, str | None, frozenset[str]]
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("pool", "key", "transport", "reader", "sink", "requests", "idle_since",
+                 "closed", "tunnel", "peer_identity", "cluster")
+
+    def __init__(self, pool: ConnectionPool, key: PoolKey, cluster: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.cluster = cluster
+        self.transport: asyncio.Transport | None = None
+        self.reader = ResponseReader()
+        self.sink: UpstreamSink | None = None
+        self.requests = 0
+        self.idle_since = 0.0
+        self.closed = False
+        self.tunnel = False
+        self.peer_identity: str | None = None
+
+    # asyncio callbacks ----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.pool.stats.gauge_add("hyphal_upstream_cx_active", self.cluster, 1)
+        self.pool.stats.count("hyphal_upstream_cx_total", self.cluster)
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if self.tunnel:
+            if sink is not None:
+                sink.on_tunnel_data(data)
+            return
+        if sink is None:
+            # Bytes on an idle connection: the server broke framing; never reuse it.
+            self.close()
+            return
+        for event in self.reader.feed(data):
+            if isinstance(event, Body):
+                sink.on_response_body(event.data)
+            elif isinstance(event, ResponseHead):
+                sink.on_response_head(event)
+            elif isinstance(event, MessageEnd):
+                sink.on_response_end(event.keep_alive and not self.reader.stale)
+            elif isinstance(event, Upgrade):
+                self.tunnel = True
+                sink.on_upstream_upgrade(event.rest)
+            elif isinstance(event, ParseError):
+                sink.on_upstream_error(event.detail)
+                self.close()
+                break
+            sink = self.sink
+            if sink is None:
+                break
+        if sink is not None:
+            sink.on_upstream_flush()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+        self.pool.stats.gauge_add("hyphal_upstream_cx_active", self.cluster, -1)
+        self.pool.forget(self)
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.on_upstream_lost()
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_resume_writing()
+
+    # used by the exchange ---------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def begin(self, sink: UpstreamSink, head_request: bool) -> None:
+        self.sink = sink
+        self.requests += 1
+        if head_request:
+            self.reader.expect_head()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sink = None
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.sink = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per (endpoint, TLS identity expectation)."""
+
+    __slots__ = ("_idle", "tls", "stats", "_all")
+
+    def __init__(self, tls: TlsMaterial | None, stats: Stats) -> None:
+        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
+        self._all: set[UpstreamConnection] = set()
+        self.tls = tls
+        self.stats = stats
+
+    async def acquire(self, endpoint: EndpointSpec, cluster: ClusterSpec,
+                      timeout_s: float) -> tuple[UpstreamConnection, bool]:
+        """Returns (connection, reused). Raises ConnectFailure."""
+        tls = cluster.tls
+        key: PoolKey = (endpoint.host, endpoint.port, tls.sni if tls else None,
+                        tls.expected_sans if tls else frozenset())
+        idle = self._idle.get(key)
+        if idle:
+            now = time.monotonic()
+            while idle:
+                conn = idle.pop()
+                transport = conn.transport
+                if (conn.closed or transport is None or transport.is_closing()
+                        or (cluster.idle_timeout_s is not None
+                            and now - conn.idle_since > cluster.idle_timeout_s)):
+                    conn.close()
+                    continue
+                return conn, True
+        return await self._connect(endpoint, cluster, key, timeout_s), False
+
+    async def _connect(self, endpoint: EndpointSpec, cluster: ClusterSpec, key: PoolKey,
+                       timeout_s: float) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        ssl_ctx: ssl.SSLContext | None = None
+        server_hostname: str | None = None
+        if cluster.tls is not None:
+            if self.tls is None:
+                raise ConnectFailure("upstream_tls_failure",
+                                     f"cluster {cluster.name}: mTLS required but no certificate yet")
+            ssl_ctx = self.tls.client_context
+            server_hostname = cluster.tls.sni or None
+        try:
+            async with asyncio.timeout(timeout_s):
+                try:
+                    transport, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(self, key, cluster.name),
+                        endpoint.host, endpoint.port, ssl=ssl_ctx,
+                        server_hostname=server_hostname)
+                except (UnicodeError, ValueError):
+                    # An SNI that is not a valid host name (Envoy allows them): send none.
+                    transport, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(self, key, cluster.name),
+                        endpoint.host, endpoint.port, ssl=ssl_ctx, server_hostname="")
+        except TimeoutError:
+            raise ConnectFailure("upstream_connect_failure",
+                                 f"connect to {endpoint.address} timed out after {timeout_s}s") from None
+        except ssl.SSLError as exc:
+            raise ConnectFailure("upstream_tls_failure",
+                                 f"TLS handshake with {endpoint.address} failed: {exc.reason or exc}") from None
+        except OSError as exc:
+            raise ConnectFailure("upstream_connect_failure",
+                                 f"connect to {endpoint.address} failed: {exc.strerror or exc}") from None
+        if cluster.tls is not None:
+            peer = spiffe_id(transport.get_extra_info("peercert"))
+            conn.peer_identity = peer
+            expected = cluster.tls.expected_sans
+            if expected and peer not in expected:
+                conn.abort()
+                raise ConnectFailure(
+                    "upstream_identity_mismatch",
+                    f"{endpoint.address} presented identity {peer or 'none'}; cluster "
+                    f"{cluster.name} expects one of {sorted(expected)}")
+        self._all.add(conn)
+        return conn
+
+    def release(self, conn: UpstreamConnection, reusable: bool, max_requests: int | None) -> None:
+        conn.sink = None
+        if (not reusable or conn.closed or conn.tunnel
+                or (max_requests is not None and conn.requests >= max_requests)):
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(conn.key, []).append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self._all.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def close_idle(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+    def close_all(self) -> None:
+        self.close_idle()
+        for conn in list(self._all):
+            conn.abort()

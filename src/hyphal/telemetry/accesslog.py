@@ -1,0 +1,85 @@
+"""Access log: one JSON line per request, buffered, flushed cheaply (size or timer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import IO, Any
+
+FIELDS: tuple[str, ...] = (
+    "start_time", "request_id", "method", "authority", "path", "protocol",
+    "downstream_peer", "downstream_identity", "listener", "route", "cluster",
+    "upstream_host", "status", "reason", "bytes_received", "bytes_sent", "duration_ms",
+    "upstream_service_time_ms",
+)
+
+
+class AccessLog:
+    """`path` "-" is stdout, None disables logging. Lines are flushed when 64 KiB are buffered,
+    every `flush_interval_s` while a loop runs, and on `close`."""
+
+    __slots__ = ("_handle", "_own", "_buffer", "_size", "_timer", "_interval", "enabled")
+
+    def __init__(self, path: str | None = "-", flush_interval_s: float = 1.0) -> None:
+        self._own = False
+        self._handle: IO[bytes] | None
+        if path is None:
+            self._handle = None
+        elif path == "-":
+            self._handle = sys.stdout.buffer
+        else:
+            self._handle = open(path, "ab")  # noqa: SIM115 - closed in close()
+            self._own = True
+        self.enabled = self._handle is not None
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._interval = flush_interval_s
+
+    def log(self, entry: dict[str, Any]) -> None:
+        if self._handle is None:
+            return
+        line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= 65536:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(self._interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        if self._handle is None or not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._size = 0
+        try:
+            self._handle.write(data)
+            self._handle.flush()
+        except (OSError, ValueError):
+            pass  # a full disk or closed stdout must not stop traffic
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
+        if self._own and self._handle is not None:
+            self._handle.close()
+        self._handle = None
+
+
+def iso_time(epoch: float) -> str:
+    ms = int((epoch % 1) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{ms:03d}Z"

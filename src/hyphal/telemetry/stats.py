@@ -1,0 +1,133 @@
+"""Istio-compatible request metrics and proxy gauges, rendered in Prometheus text format.
+
+Per request the cost is a tuple key, two dict increments and a bisect; text is built only
+on scrape (`render`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from dataclasses import dataclass
+
+# Istio's default buckets for istio_request_duration_milliseconds.
+DURATION_BUCKETS_MS: tuple[float, ...] = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+    600000, 1800000, 3600000,
+)
+
+LABEL_NAMES: tuple[str, ...] = (
+    "reporter", "source_workload", "source_workload_namespace", "source_principal",
+    "destination_workload", "destination_workload_namespace", "destination_principal",
+    "destination_service", "destination_cluster", "connection_security_policy",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLabels:
+    """The per-(listener, cluster) part of the label set, resolved once, reused per request."""
+
+    reporter: str
+    source_workload: str = "unknown"
+    source_workload_namespace: str = "unknown"
+    source_principal: str = "unknown"
+    destination_workload: str = "unknown"
+    destination_workload_namespace: str = "unknown"
+    destination_principal: str = "unknown"
+    destination_service: str = "unknown"
+    destination_cluster: str = "unknown"
+    connection_security_policy: str = "none"
+
+    def values(self) -> tuple[str, ...]:
+        return (self.reporter, self.source_workload, self.source_workload_namespace,
+                self.source_principal, self.destination_workload,
+                self.destination_workload_namespace, self.destination_principal,
+                self.destination_service, self.destination_cluster,
+                self.connection_security_policy)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values))
+
+
+class Stats:
+    """Counters and histograms of one sidecar."""
+
+    __slots__ = ("_requests", "_hist", "_hist_sum", "_gauges", "_counters")
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[PeerLabels, int, str], int] = defaultdict(int)
+        self._hist: dict[tuple[PeerLabels, int, str], list[int]] = {}
+        self._hist_sum: dict[tuple[PeerLabels, int, str], float] = defaultdict(float)
+        self._gauges: dict[tuple[str, str], int] = defaultdict(int)
+        self._counters: dict[tuple[str, str], int] = defaultdict(int)
+
+    def record_request(self, peer: PeerLabels, code: int, flags: str, duration_ms: float) -> None:
+        key = (peer, code, flags)
+        self._requests[key] += 1
+        counts = self._hist.get(key)
+        if counts is None:
+            counts = self._hist[key] = [0] * (len(DURATION_BUCKETS_MS) + 1)
+        counts[bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+        self._hist_sum[key] += duration_ms
+
+    def gauge_add(self, name: str, cluster: str, delta: int) -> None:
+        """e.g. `hyphal_upstream_cx_active` per cluster."""
+        self._gauges[(name, cluster)] += delta
+
+    def count(self, name: str, label: str = "", delta: int = 1) -> None:
+        """A counter with at most one `cluster`/`listener` label (`label` "" = none)."""
+        self._counters[(name, label)] += delta
+
+    def requests_total(self, code: int | None = None, reporter: str | None = None) -> int:
+        return sum(v for (peer, c, _), v in self._requests.items()
+                   if (code is None or c == code) and (reporter is None or peer.reporter == reporter))
+
+    def gauge(self, name: str, cluster: str) -> int:
+        return self._gauges.get((name, cluster), 0)
+
+    def counter(self, name: str, label: str = "") -> int:
+        return self._counters.get((name, label), 0)
+
+    def render(self) -> str:
+        """Prometheus text exposition format 0.0.4."""
+        out: list[str] = [
+            "# TYPE istio_requests_total counter",
+        ]
+        names = LABEL_NAMES + ("response_code", "response_flags")
+        for (peer, code, flags), value in sorted(self._requests.items(), key=_sort_key):
+            out.append(f"istio_requests_total{{{_labels(names, peer.values() + (str(code), flags))}}} {value}")
+        out.append("# TYPE istio_request_duration_milliseconds histogram")
+        for key, counts in sorted(self._hist.items(), key=_sort_key):
+            peer, code, flags = key
+            base = _labels(names, peer.values() + (str(code), flags))
+            running = 0
+            for bound, count in zip(DURATION_BUCKETS_MS, counts):
+                running += count
+                out.append(f'istio_request_duration_milliseconds_bucket{{{base},le="{bound:g}"}} {running}')
+            running += counts[-1]
+            out.append(f'istio_request_duration_milliseconds_bucket{{{base},le="+Inf"}} {running}')
+            out.append(f"istio_request_duration_milliseconds_sum{{{base}}} {self._hist_sum[key]:.3f}")
+            out.append(f"istio_request_duration_milliseconds_count{{{base}}} {running}")
+        seen: set[str] = set()
+        for (name, cluster), value in sorted(self._gauges.items()):
+            if name not in seen:
+                out.append(f"# TYPE {name} gauge")
+                seen.add(name)
+            out.append(f'{name}{{cluster_name="{_escape(cluster)}"}} {value}')
+        for (name, label), value in sorted(self._counters.items()):
+            if name not in seen:
+                out.append(f"# TYPE {name} counter")
+                seen.add(name)
+            suffix = f'{{name="{_escape(label)}"}}' if label else ""
+            out.append(f"{name}{suffix} {value}")
+        return "\n".join(out) + "\n"
+
+
+def _sort_key(item: tuple[tuple[PeerLabels, int, str], object]) -> tuple[tuple[str, ...], int, str]:
+    (peer, code, flags), _ = item
+    return (peer.values(), code, flags)
