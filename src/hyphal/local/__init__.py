@@ -1,1 +1,1 @@
-"""hyphal.local."""
+"""hyphal.local: the `hyphal up` runner — run directory, ports, tokens, processes, supervisor."""

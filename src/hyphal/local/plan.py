@@ -1,0 +1,215 @@
+"""The plan for one run: every port, file, environment and bootstrap, decided before anything starts.
+
+Pure apart from the port allocator it is given, so the mechanics are testable without processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hyphal.local.model import MeshSpec, ServiceSpec, WorkloadSpec, env_name
+from hyphal.local.ports import PortAllocator
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPlan:
+    """Where the control plane listens and keeps its state."""
+
+    state_dir: Path
+    xds_port: int
+    xds_plaintext_port: int
+    ca_port: int
+    api_port: int
+    trust_domain: str
+    cert_ttl_seconds: int
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def command(self, hyphal: Sequence[str], config_dir: Path) -> tuple[str, ...]:
+        """`hyphal control ...` with this plan's flags; `hyphal` is how to run the CLI."""
+        return (
+            *hyphal, "control",
+            "--config-dir", str(config_dir),
+            "--state-dir", str(self.state_dir),
+            "--xds-port", str(self.xds_port),
+            "--xds-plaintext-port", str(self.xds_plaintext_port),
+            "--ca-port", str(self.ca_port),
+            "--api-port", str(self.api_port),
+            "--trust-domain", self.trust_domain,
+            "--cert-ttl", f"{self.cert_ttl_seconds}s",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PortBinding:
+    """A declared workload port with where the app listens and where the sidecar's mTLS inbound listens."""
+
+    name: str
+    port: int
+    protocol: str
+    app_port: int
+    inbound_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPlan:
+    """One replica of one Workload: its sidecar's bootstrap and its app's environment."""
+
+    workload: WorkloadSpec
+    replica: int
+    ports: tuple[PortBinding, ...]
+    outbound_http_port: int
+    admin_port: int
+    upstream_ports: Mapping[str, int]
+    upstream_env: Mapping[str, str]
+    token_file: Path
+    bootstrap_file: Path
+    app_log: Path
+    sidecar_log: Path
+    trust_domain: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.workload.name}-{self.replica}"
+
+    @property
+    def node_id(self) -> str:
+        return f"{self.key}.{self.workload.namespace}"
+
+    @property
+    def identity(self) -> str:
+        w = self.workload
+        return f"spiffe://{self.trust_domain}/ns/{w.namespace}/sa/{w.service_account}"
+
+    def app_env(self) -> dict[str, str]:
+        """Environment variables only: the app knows nothing of the mesh beyond a proxy URL."""
+        proxy = f"http://127.0.0.1:{self.outbound_http_port}"
+        env: dict[str, str] = {
+            "HTTP_PROXY": proxy,
+            "http_proxy": proxy,
+            # Service names must NOT be here: the app reaches them through its sidecar.
+            "NO_PROXY": "localhost,127.0.0.1",
+            "no_proxy": "localhost,127.0.0.1",
+            "HYPHAL_WORKLOAD": self.workload.name,
+            "HYPHAL_REPLICA": str(self.replica),
+            "HYPHAL_NAMESPACE": self.workload.namespace,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.ports:
+            env["PORT"] = str(self.ports[0].app_port)
+        for b in self.ports:
+            env[f"PORT_{env_name(b.name)}"] = str(b.app_port)
+        env.update(self.upstream_env)
+        env.update(self.workload.env)
+        return env
+
+    def bootstrap(self, control: ControlPlan, cert_ttl_seconds: int) -> dict[str, Any]:
+        """The sidecar bootstrap file, exactly as docs/xds-conventions.md fixes it."""
+        w = self.workload
+        return {
+            "node": {
+                "id": self.node_id,
+                "cluster": w.name,
+                "metadata": {
+                    "NAMESPACE": w.namespace,
+                    "SERVICE_ACCOUNT": w.service_account,
+                    "WORKLOAD_NAME": w.name,
+                    "LABELS": dict(w.labels),
+                    "INSTANCE_IP": "127.0.0.1",
+                    "PROXY_MODE": "sidecar",
+                    "OUTBOUND_HTTP_PORT": self.outbound_http_port,
+                    "PORTS": [
+                        {"name": b.name, "port": b.port, "protocol": b.protocol,
+                         "app_port": b.app_port, "inbound_port": b.inbound_port}
+                        for b in self.ports
+                    ],
+                    "UPSTREAM_PORTS": dict(self.upstream_ports),
+                },
+            },
+            "xds_address": f"127.0.0.1:{control.xds_port}",
+            "ca_address": f"127.0.0.1:{control.ca_port}",
+            "root_cert_file": str(control.state_dir / "ca" / "root-cert.pem"),
+            "token_file": str(self.token_file),
+            "trust_domain": self.trust_domain,
+            "admin_port": self.admin_port,
+            "access_log": "-",
+            "cert_ttl_seconds": cert_ttl_seconds,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """The whole run: control plane first, then replicas (long-running before jobs)."""
+
+    mesh: MeshSpec
+    control: ControlPlan
+    replicas: tuple[ReplicaPlan, ...]
+
+
+def _tcp_upstreams(services: tuple[ServiceSpec, ...]) -> list[tuple[ServiceSpec, str, int, str]]:
+    """(service, port name, port, fqdn:port) for every TCP service port."""
+    out = []
+    for svc in services:
+        for p in svc.ports:
+            if p.is_tcp:
+                out.append((svc, p.name, p.port, f"{svc.fqdn}:{p.port}"))
+    return out
+
+
+def plan_run(
+    mesh: MeshSpec,
+    run_dir: Path,
+    ports: PortAllocator,
+    *,
+    trust_domain: str = "cluster.local",
+    cert_ttl_seconds: int = 86400,
+) -> RunPlan:
+    control = ControlPlan(
+        state_dir=run_dir / "control",
+        xds_port=ports.allocate(),
+        xds_plaintext_port=ports.allocate(),
+        ca_port=ports.allocate(),
+        api_port=ports.allocate(),
+        trust_domain=trust_domain,
+        cert_ttl_seconds=cert_ttl_seconds,
+    )
+    upstreams = _tcp_upstreams(mesh.services)
+    replicas: list[ReplicaPlan] = []
+    ordered = sorted(mesh.workloads, key=lambda w: (w.is_job, w.namespace, w.name))
+    for w in ordered:
+        for r in range(w.replicas):
+            key = f"{w.name}-{r}"
+            bindings = tuple(
+                PortBinding(p.name, p.port, p.protocol.upper(), ports.allocate(), ports.allocate())
+                for p in w.ports
+            )
+            upstream_ports: dict[str, int] = {}
+            upstream_env: dict[str, str] = {}
+            for svc, port_name, _port, authority in upstreams:
+                local = upstream_ports.get(authority) or ports.allocate()
+                upstream_ports[authority] = local
+                base = env_name(svc.name if svc.namespace == w.namespace
+                                else f"{svc.name}_{svc.namespace}")
+                upstream_env[f"{base}_SERVICE_HOST"] = "127.0.0.1"
+                upstream_env.setdefault(f"{base}_SERVICE_PORT", str(local))
+                upstream_env[f"{base}_SERVICE_PORT_{env_name(port_name)}"] = str(local)
+            replicas.append(ReplicaPlan(
+                workload=w,
+                replica=r,
+                ports=bindings,
+                outbound_http_port=ports.allocate(),
+                admin_port=ports.allocate(),
+                upstream_ports=upstream_ports,
+                upstream_env=upstream_env,
+                token_file=run_dir / "tokens" / f"{key}.token",
+                bootstrap_file=run_dir / "bootstrap" / f"{key}.json",
+                app_log=run_dir / "logs" / f"{key}.log",
+                sidecar_log=run_dir / "logs" / f"{key}.sidecar.log",
+                trust_domain=trust_domain,
+            ))
+    return RunPlan(mesh=mesh, control=control, replicas=tuple(replicas))
