@@ -255,6 +255,12 @@ class ResourceModel(Model):
         """Where this resource was loaded from (None when built in code)."""
         return self._source
 
+    def to_yaml(self) -> str:
+        """The resource as YAML, by alias, only the fields that were set (round-trips)."""
+        from hyphal.config.resources import to_yaml  # late: resources imports the models
+
+        return to_yaml(self)
+
     def with_source(self, source: Source | None) -> Self:
         """A copy that remembers `source`."""
         copy = self.model_copy()
