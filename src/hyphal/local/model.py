@@ -164,9 +164,10 @@ def service_from_config(obj: Any) -> ServiceSpec:
 
 def load_mesh(config_dir: Path) -> MeshSpec:
     """Load DIR with `hyphal.config.load_paths` and keep what the runner needs."""
-    from hyphal import config  # imported late: the runner's unit tests do not need it
+    # Imported late: the runner's unit tests do not need the config package.
+    from hyphal.config.loader import load_paths
 
-    resources = config.load_paths(config_dir)  # type: ignore[attr-defined]
+    resources = load_paths(config_dir)
     workloads = tuple(workload_from_config(w) for w in _get(resources, "workloads", default=()))
     services = tuple(service_from_config(s) for s in _get(resources, "services", default=()))
     return MeshSpec(config_dir=config_dir.resolve(), workloads=workloads, services=services)
