@@ -3,9 +3,9 @@
 from hyphal.control.registry.model import (
     Endpoint,
     Health,
+    PortRecord,
     RegistryView,
     ServiceKey,
-    PortRecord,
     ServiceRecord,
 )
 from hyphal.control.registry.node import NodeMetadataError, NodePort, ProxyNode
@@ -16,11 +16,11 @@ __all__ = [
     "Health",
     "NodeMetadataError",
     "NodePort",
+    "PortRecord",
     "ProxyNode",
     "Registry",
     "RegistryView",
     "ServiceKey",
-    "PortRecord",
     "ServiceRecord",
     "sidecar_endpoints",
 ]

@@ -27,7 +27,7 @@ class Endpoint:
 
     address: str
     port: int
-    labels: Mapping[str, str] = field(default=_NO_LABELS)
+    labels: Mapping[str, str] = field(default_factory=lambda: _NO_LABELS)
     identity: str = ""  # SPIFFE id of the workload; "" for plaintext (ServiceEntry) endpoints
     weight: int = 1
     health: Health = Health.HEALTHY

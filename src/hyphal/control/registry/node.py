@@ -43,12 +43,12 @@ class ProxyNode:
     namespace: str = "default"
     service_account: str = "default"
     workload_name: str = ""
-    labels: Mapping[str, str] = field(default=_EMPTY)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     instance_ip: str = "127.0.0.1"
     proxy_mode: str = "grpc"
     outbound_http_port: int | None = None
     ports: tuple[NodePort, ...] = ()
-    upstream_ports: Mapping[str, int] = field(default=_EMPTY_PORTS)
+    upstream_ports: Mapping[str, int] = field(default_factory=lambda: _EMPTY_PORTS)
     metadata_hash: str = ""
 
     @property

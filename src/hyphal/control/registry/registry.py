@@ -11,9 +11,9 @@ from types import MappingProxyType
 
 from hyphal.control.registry.model import (
     Endpoint,
+    PortRecord,
     RegistryView,
     ServiceKey,
-    PortRecord,
     ServiceRecord,
 )
 from hyphal.control.registry.node import NodePort, ProxyNode

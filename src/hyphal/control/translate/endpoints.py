@@ -9,17 +9,17 @@ from hyphal.control.translate import naming
 from hyphal.control.translate.pb import (
     Message,
     address_pb2,
-    base_pb2,
     endpoint_components_pb2,
     endpoint_pb2,
+    health_check_pb2,
     struct,
 )
 
 _HEALTH = {
-    Health.UNKNOWN: base_pb2.UNKNOWN,
-    Health.HEALTHY: base_pb2.HEALTHY,
-    Health.UNHEALTHY: base_pb2.UNHEALTHY,
-    Health.DRAINING: base_pb2.DRAINING,
+    Health.UNKNOWN: health_check_pb2.UNKNOWN,
+    Health.HEALTHY: health_check_pb2.HEALTHY,
+    Health.UNHEALTHY: health_check_pb2.UNHEALTHY,
+    Health.DRAINING: health_check_pb2.DRAINING,
 }
 
 
