@@ -1,0 +1,149 @@
+"""Compile Envoy RBAC filters (HTTP and network) into one RbacEngine per listener."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.rbac.v3 import rbac_pb2
+
+from hyphal.proxy.compile.common import Where, header_matcher, join, string_match
+from hyphal.proxy.runtime.tables import (
+    AndRule,
+    AnyRule,
+    AuthenticatedRule,
+    HeaderRule,
+    MethodRule,
+    NotRule,
+    OrRule,
+    PathRule,
+    PortRule,
+    PrincipalRule,
+    RbacEngine,
+    RbacPolicy,
+    Rule,
+    StringKind,
+)
+
+
+def permission(p: rbac_pb2.Permission, w: Where, path: str) -> Rule:
+    kind = p.WhichOneof("rule")
+    if kind == "any":
+        return AnyRule()
+    if kind == "and_rules":
+        return AndRule(
+            tuple(
+                permission(r, w, join(path, f"and_rules.rules[{i}]"))
+                for i, r in enumerate(p.and_rules.rules)
+            )
+        )
+    if kind == "or_rules":
+        return OrRule(
+            tuple(
+                permission(r, w, join(path, f"or_rules.rules[{i}]"))
+                for i, r in enumerate(p.or_rules.rules)
+            )
+        )
+    if kind == "not_rule":
+        return NotRule(permission(p.not_rule, w, join(path, "not_rule")))
+    if kind == "header":
+        hm = header_matcher(p.header, w, join(path, "header"))
+        sm = hm.match
+        if (
+            hm.name == ":method"
+            and sm is not None
+            and sm.kind is StringKind.EXACT
+            and not hm.invert
+            and not sm.ignore_case
+        ):
+            return MethodRule(frozenset({sm.value}))
+        return HeaderRule(hm)
+    if kind == "url_path":
+        w.only(p.url_path, {"path"}, join(path, "url_path"))
+        return PathRule(string_match(p.url_path.path, w, join(path, "url_path.path")))
+    if kind == "destination_port":
+        return PortRule(frozenset({p.destination_port}))
+    raise w.error(join(path, str(kind)), "not supported by the hyphal sidecar")
+
+
+def principal(p: rbac_pb2.Principal, w: Where, path: str) -> Rule:
+    kind = p.WhichOneof("identifier")
+    if kind == "any":
+        return AnyRule()
+    if kind == "and_ids":
+        return AndRule(
+            tuple(
+                principal(r, w, join(path, f"and_ids.ids[{i}]"))
+                for i, r in enumerate(p.and_ids.ids)
+            )
+        )
+    if kind == "or_ids":
+        return OrRule(
+            tuple(
+                principal(r, w, join(path, f"or_ids.ids[{i}]")) for i, r in enumerate(p.or_ids.ids)
+            )
+        )
+    if kind == "not_id":
+        return NotRule(principal(p.not_id, w, join(path, "not_id")))
+    if kind == "authenticated":
+        if not p.authenticated.HasField("principal_name"):
+            return AuthenticatedRule()
+        return PrincipalRule(
+            string_match(
+                p.authenticated.principal_name, w, join(path, "authenticated.principal_name")
+            )
+        )
+    if kind == "header":
+        return HeaderRule(header_matcher(p.header, w, join(path, "header")))
+    if kind == "url_path":
+        w.only(p.url_path, {"path"}, join(path, "url_path"))
+        return PathRule(string_match(p.url_path.path, w, join(path, "url_path.path")))
+    raise w.error(join(path, str(kind)), "not supported by the hyphal sidecar")
+
+
+def policies(rules: rbac_pb2.RBAC, w: Where, path: str) -> tuple[RbacPolicy, ...]:
+    out = []
+    for name in sorted(rules.policies):
+        pol = rules.policies[name]
+        ppath = join(path, f"policies[{name!r}]")
+        w.only(pol, {"permissions", "principals"}, ppath)
+        perms = OrRule(
+            tuple(
+                permission(p, w, join(ppath, f"permissions[{i}]"))
+                for i, p in enumerate(pol.permissions)
+            )
+        )
+        princ = OrRule(
+            tuple(
+                principal(p, w, join(ppath, f"principals[{i}]"))
+                for i, p in enumerate(pol.principals)
+            )
+        )
+        out.append(RbacPolicy(name, perms, princ))
+    return tuple(out)
+
+
+def engine(filters: Sequence[tuple[rbac_pb2.RBAC | None, str]], w: Where) -> RbacEngine | None:
+    """Combine a listener's RBAC filters (in chain order): DENY filters add deny policies,
+    at most one ALLOW filter gives the allow list. `(None, path)` is a filter without rules."""
+    deny: list[RbacPolicy] = []
+    allow: tuple[RbacPolicy, ...] | None = None
+    present = False
+    for rules, path in filters:
+        if rules is None:
+            continue
+        present = True
+        w.only(rules, {"action", "policies"}, path)
+        pols = policies(rules, w, path)
+        if rules.action == rbac_pb2.RBAC.DENY:
+            deny.extend(pols)
+        elif rules.action == rbac_pb2.RBAC.ALLOW:
+            if allow is not None:
+                raise w.error(path, "only one ALLOW rbac filter per listener is supported")
+            allow = pols
+        else:
+            raise w.error(
+                join(path, "action"), f"{rbac_pb2.RBAC.Action.Name(rules.action)} is not supported"
+            )
+    if not present:
+        return None
+    return RbacEngine(tuple(deny), allow)
