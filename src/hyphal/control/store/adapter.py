@@ -10,8 +10,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hyphal import config
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -26,30 +24,13 @@ class ParseFailed(Exception):
         super().__init__("\n".join(self.errors))
 
 
-def _error_lines(exc: BaseException) -> list[str]:
-    errs = getattr(exc, "errors", None)
-    if callable(errs):
-        errs = errs()
-    if isinstance(errs, (list, tuple)) and errs:
-        return [str(e) for e in errs]
-    return [str(exc)]
+def _lines(exc: config.ConfigErrors) -> list[str]:
+    return [str(e) for e in exc.errors] or [str(exc)]
 
 
-def _config_error_types() -> tuple[type[BaseException], ...]:
-    names = ("ConfigErrors", "ConfigError")
-    return tuple(t for n in names if isinstance(t := getattr(config, n, None), type))
-
-
-def resources_of(rs: Any) -> list[Resource]:
+def resources_of(rs: Iterable[Resource]) -> list[Resource]:
     """Every resource in a ResourceSet (or any iterable of resources)."""
-    if hasattr(rs, "resources"):
-        items = rs.resources
-        items = items() if callable(items) else items
-    else:
-        items = rs
-    if isinstance(items, dict):
-        items = items.values()
-    return list(items)
+    return list(rs)
 
 
 def key_of(resource: Resource) -> Key:
@@ -63,49 +44,37 @@ def source_of(resource: Resource) -> str:
 
 def source_file_of(resource: Resource) -> str:
     src = getattr(resource, "source", None)
-    return "" if src is None else str(getattr(src, "file", src))
+    return "" if src is None else str(src.file)
 
 
 def parse_text(text: str, source: str) -> list[Resource]:
     try:
-        rs = config.load_text(text, source)
-    except _config_error_types() as exc:
-        raise ParseFailed(_error_lines(exc)) from None
-    return resources_of(rs)
+        return list(config.load_text(text, source))
+    except config.ConfigErrors as exc:
+        raise ParseFailed(_lines(exc)) from None
 
 
-def parse_paths(paths: Sequence[Path]) -> list[Resource]:
-    if not paths:
-        return []
+def parse_dir(root: Path) -> list[Resource]:
+    """Every resource under `root`; errors name files relative to it."""
     try:
-        rs = config.load_paths(list(paths))
-    except _config_error_types() as exc:
-        raise ParseFailed(_error_lines(exc)) from None
-    return resources_of(rs)
+        return list(config.load_paths([root]))
+    except config.ConfigErrors as exc:
+        raise ParseFailed(_lines(exc)) from None
 
 
-def build_set(resources: Iterable[Resource]) -> Any:
-    """A ResourceSet holding exactly `resources` (keys are unique by construction)."""
-    return config.ResourceSet(list(resources))
+def build_set(resources: Iterable[Resource]) -> config.ResourceSet:
+    """A ResourceSet holding exactly `resources` (later ones win on a key collision)."""
+    return config.ResourceSet(resources)
 
 
-def validate_set(rs: Any) -> list[str]:
+def validate_set(rs: config.ResourceSet, trust_domain: str = "cluster.local") -> list[str]:
     """Cross-resource errors of a would-be set ([] when it is good)."""
-    try:
-        result = config.validate(rs)
-    except _config_error_types() as exc:
-        return _error_lines(exc)
-    if result is None:
-        return []
-    return [str(e) for e in resources_of(result)] if not isinstance(result, list) else [
-        str(e) for e in result
-    ]
+    return [str(e) for e in config.validate(rs, trust_domain)]
 
 
 def to_json(resource: Resource) -> dict[str, Any]:
-    data = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
-    assert isinstance(data, dict)
-    return data
+    """The resource as the user wrote it (camelCase, only the fields that were set)."""
+    return config.to_dict(resource)
 
 
 def same(a: Resource, b: Resource) -> bool:
@@ -114,4 +83,4 @@ def same(a: Resource, b: Resource) -> bool:
 
 
 def dump_one(resource: Resource) -> str:
-    return yaml.safe_dump(to_json(resource), sort_keys=False, default_flow_style=False)
+    return config.to_yaml(resource)

@@ -27,7 +27,7 @@ from hyphal.control.store.changes import (
     ResourceRef,
     refs_from_yaml,
 )
-from hyphal.control.store.watch import DirWatcher, config_files
+from hyphal.control.store.watch import DirWatcher
 
 log = logging.getLogger("hyphal.control.store")
 
@@ -58,8 +58,11 @@ def _describe(key: Key) -> str:
 
 
 class Store:
-    def __init__(self, state_dir: Path, config_dir: Path | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, config_dir: Path | None = None, trust_domain: str = "cluster.local"
+    ) -> None:
         self.state_dir = state_dir
+        self.trust_domain = trust_domain
         self.config_dir = config_dir
         self.applied_dir = AppliedDir(state_dir / APPLIED_DIR)
         self._dir: dict[Key, Resource] = {}
@@ -142,7 +145,7 @@ class Store:
         if errors:
             raise StoreLoadError(errors)
         candidate = adapter.build_set({**dir_layer, **applied}.values())
-        problems = adapter.validate_set(candidate)
+        problems = adapter.validate_set(candidate, self.trust_domain)
         if problems:
             raise StoreLoadError(problems)
         self._dir, self._applied, self._applied_files = dir_layer, applied, files
@@ -158,8 +161,7 @@ class Store:
 
     def _load_dir(self) -> dict[Key, Resource]:
         assert self.config_dir is not None
-        files = config_files(self.config_dir)
-        return {adapter.key_of(r): r for r in adapter.parse_paths(files)} if files else {}
+        return {adapter.key_of(r): r for r in adapter.parse_dir(self.config_dir)}
 
     # ---- changing ----
 
@@ -316,7 +318,7 @@ class Store:
         if not any(o.action != "unchanged" for o in outcomes):
             return ChangeResult(ok=True, generation=self.generation, outcomes=tuple(outcomes))
         candidate = adapter.build_set({**new_dir, **new_applied}.values())
-        problems = adapter.validate_set(candidate)
+        problems = adapter.validate_set(candidate, self.trust_domain)
         if problems:
             return self._refuse(422, problems)
         if persist:

@@ -8,7 +8,6 @@ calls, and works the same on every platform and filesystem.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,17 +17,12 @@ Fingerprint = frozenset[tuple[str, int, int]]
 
 
 def config_files(root: Path) -> list[Path]:
-    """Every config file under `root`, sorted, skipping hidden files and directories."""
-    found: list[Path] = []
+    """Every config file under `root`, sorted: the same files `hyphal.config.load_paths` reads."""
     if not root.is_dir():
-        return found
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or not name.endswith(CONFIG_SUFFIXES):
-                continue
-            found.append(Path(dirpath) / name)
-    return found
+        return []
+    return sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in CONFIG_SUFFIXES and p.is_file()
+    )
 
 
 def fingerprint(root: Path) -> Fingerprint:
