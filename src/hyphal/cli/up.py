@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,6 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ready-timeout", type=float, default=60.0,
                    help="seconds each part may take to become ready (default 60)")
     p.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
+    # How to run `hyphal control` / `hyphal proxy` (a command line); tests use stand-ins.
+    p.add_argument("--hyphal-cmd", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -89,7 +92,10 @@ def _supervise(args: argparse.Namespace, run_dir: RunDir, mesh: object, cert_ttl
 
     if args.detached_child:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    sup = Supervisor(plan, run_dir, ready_timeout=args.ready_timeout, out=out)
+    hyphal_cmd = (tuple(shlex.split(args.hyphal_cmd)) if args.hyphal_cmd
+                  else (sys.executable, "-m", "hyphal"))
+    sup = Supervisor(plan, run_dir, hyphal_cmd=hyphal_cmd, ready_timeout=args.ready_timeout,
+                     out=out)
     code = asyncio.run(sup.run(on_ready=on_ready))
     for key, job_code in sorted(sup.job_exit_codes.items()):
         out(f"job {key}: exit code {job_code}")
@@ -109,6 +115,8 @@ def _detach(args: argparse.Namespace, run_dir: RunDir) -> int:
     argv = [sys.executable, "-m", "hyphal", "up", str(Path(args.dir).absolute()),
             "--run-dir", str(run_dir.root), "--cert-ttl", args.cert_ttl,
             "--ready-timeout", str(args.ready_timeout), "--detached-child"]
+    if args.hyphal_cmd:
+        argv += ["--hyphal-cmd", args.hyphal_cmd]
     with open(log, "ab") as fh:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                  start_new_session=True, cwd=os.getcwd())

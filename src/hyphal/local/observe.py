@@ -1,0 +1,163 @@
+"""What `hyphal status` shows: each replica's processes, health, identity, certificate and ACKed config.
+
+Sources: mesh.json (pids, states, restarts, exit codes, written by the supervisor), each
+sidecar's admin port (`/ready`, `/config_dump`, `/certs`), and the control plane's
+`/api/v1/status`. Every remote read is best-effort: a part that does not answer shows as
+such instead of failing the whole report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hyphal.local import configdump, procs
+from hyphal.local.probe import HttpError, get_json, is_ready
+from hyphal.local.rundir import MeshState, ProcessRecord
+
+
+class NoSuchReplica(LookupError):
+    """The workload or replica asked for is not in this mesh."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcView:
+    pid: int | None
+    state: str
+    restarts: int
+    exit_code: int | None
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    workload: str
+    namespace: str
+    replica: int
+    identity: str
+    app: ProcView
+    sidecar: ProcView
+    ready: bool
+    cert_expiry: str | None
+    config_versions: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _proc(rec: ProcessRecord | None) -> ProcView:
+    if rec is None:
+        return ProcView(None, "absent", 0, None, False)
+    alive = rec.pid is not None and procs.is_alive(rec.pid, rec.start_ticks)
+    state = rec.state
+    if not alive and state in ("running", "ready", "starting"):
+        state = "dead"
+    return ProcView(rec.pid, state, rec.restarts, rec.exit_code, alive)
+
+
+def find_replica(state: MeshState, workload: str, replica: int | None) -> dict[str, Any]:
+    """The replica entry of mesh.json for WORKLOAD (replica 0 unless given)."""
+    matches = [r for r in state.replicas if r["workload"] == workload]
+    if not matches:
+        known = sorted({r["workload"] for r in state.replicas})
+        raise NoSuchReplica(f"no workload {workload!r} in this mesh; known: {', '.join(known)}")
+    index = 0 if replica is None else replica
+    for r in matches:
+        if r["replica"] == index:
+            return r
+    raise NoSuchReplica(f"{workload} has replicas 0..{len(matches) - 1}; there is no replica {index}")
+
+
+def config_dump(admin_port: int, timeout: float = 2.0) -> dict[str, Any]:
+    dump = get_json(f"http://127.0.0.1:{admin_port}/config_dump", timeout=timeout)
+    if not isinstance(dump, dict):
+        raise HttpError(f"/config_dump on :{admin_port} is not a JSON object")
+    return dump
+
+
+def cert_expiry(admin_port: int, dump: dict[str, Any] | None) -> str | None:
+    """The workload certificate's expiry (ISO 8601 UTC), from `/certs` or the config dump."""
+    try:
+        certs = get_json(f"http://127.0.0.1:{admin_port}/certs", timeout=1.0)
+    except (HttpError, ValueError):
+        certs = None
+    found = _find_expiry(certs) or _find_expiry(dump)
+    return found
+
+
+_EXPIRY_KEYS = ("expiration_time", "expirationTime", "not_after", "notAfter", "expires_at")
+
+
+def _find_expiry(obj: Any) -> str | None:
+    """The first expiry-looking field anywhere in a JSON document."""
+    if isinstance(obj, dict):
+        for k in _EXPIRY_KEYS:
+            v = obj.get(k)
+            if isinstance(v, (int, float)):
+                return dt.datetime.fromtimestamp(v, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if isinstance(v, str) and v:
+                return v
+        for v in obj.values():
+            found = _find_expiry(v)
+            if found:
+                return found
+    elif isinstance(obj, list):
+        for v in obj:
+            found = _find_expiry(v)
+            if found:
+                return found
+    return None
+
+
+def replica_view(state: MeshState, r: dict[str, Any]) -> ReplicaView:
+    key = r["key"]
+    sidecar = _proc(state.process(f"{key}/sidecar"))
+    admin = int(r["admin_port"])
+    ready = sidecar.alive and is_ready(f"http://127.0.0.1:{admin}/ready")
+    dump: dict[str, Any] | None = None
+    if sidecar.alive:
+        try:
+            dump = config_dump(admin)
+        except (HttpError, ValueError):
+            dump = None
+    return ReplicaView(
+        workload=r["workload"], namespace=r["namespace"], replica=int(r["replica"]),
+        identity=r["identity"], app=_proc(state.process(f"{key}/app")), sidecar=sidecar,
+        ready=ready, cert_expiry=cert_expiry(admin, dump) if sidecar.alive else None,
+        config_versions=configdump.versions(dump) if dump else {},
+    )
+
+
+def control_status(state: MeshState) -> dict[str, Any]:
+    """The control plane's own view (`/api/v1/status`), or {"error": ...}."""
+    rec = state.process("control")
+    if rec is None or rec.pid is None or not procs.is_alive(rec.pid, rec.start_ticks):
+        return {"error": "control plane is not running"}
+    try:
+        token = (Path(state.state_dir) / "admin-token").read_text().strip()
+    except OSError as exc:
+        return {"error": f"cannot read the admin token: {exc}"}
+    try:
+        body = get_json(f"{state.api}/api/v1/status",
+                        headers={"Authorization": f"Bearer {token}"}, timeout=2.0)
+    except (HttpError, ValueError) as exc:
+        return {"error": str(exc)}
+    return body if isinstance(body, dict) else {"status": body}
+
+
+def mesh_view(state: MeshState) -> dict[str, Any]:
+    """Everything `hyphal status -o json` prints."""
+    control = state.process("control")
+    return {
+        "phase": state.phase,
+        "api": state.api,
+        "supervisor": {"pid": state.supervisor_pid,
+                       "alive": bool(state.supervisor_pid and procs.is_alive(
+                           state.supervisor_pid, state.supervisor_start_ticks))},
+        "control": {**asdict(_proc(control)),
+                    "ready": bool(control and is_ready(f"{state.api}/ready")),
+                    "status": control_status(state)},
+        "replicas": [replica_view(state, r).to_json() for r in state.replicas],
+    }
