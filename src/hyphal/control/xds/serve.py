@@ -26,6 +26,8 @@ DEFAULT_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_concurrent_streams", 10_000),
+    # Two control planes must not silently share a port (gRPC defaults to SO_REUSEPORT).
+    ("grpc.so_reuseport", 0),
 )
 
 
