@@ -115,9 +115,7 @@ class AdsClient:
     """A raw ADS stream: write requests, read responses from a queue filled in the background."""
 
     call: Any
-    responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = field(
-        default_factory=asyncio.Queue
-    )
+    responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = field(default_factory=asyncio.Queue)
     done: asyncio.Future[grpc.StatusCode] | None = None
     reader: asyncio.Task[None] | None = None
 
@@ -150,9 +148,7 @@ class AdsClient:
         assert self.responses.empty(), f"unexpected response: {self.responses.get_nowait()}"
 
     async def ack(self, resp: discovery_pb2.DiscoveryResponse, names: Iterable[str] = ()) -> None:
-        await self.send(
-            request(resp.type_url, names, nonce=resp.nonce, version=resp.version_info)
-        )
+        await self.send(request(resp.type_url, names, nonce=resp.nonce, version=resp.version_info))
 
     async def status(self, timeout: float = 2.0) -> tuple[grpc.StatusCode, str]:
         assert self.done is not None

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
 import grpc
 import pytest
 from conftest import ADS_METHOD, AdsClient, cluster, names_of, request, snap
@@ -53,7 +54,8 @@ class ThrowawayCa:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test root")])
         self.cert = (
             x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name)
+            .subject_name(name)
+            .issuer_name(name)
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=1))
@@ -232,18 +234,25 @@ def test_build_server_reports_a_taken_port() -> None:
         leaf = ca.issue([x509.DNSName("localhost")], server=True)
         ads = AdsServer(StaticSource())
         first = build_server(
-            ads, cert_pem=leaf.cert_pem, key_pem=leaf.key_pem, trust_bundle_pem=ca.pem,
-            xds_port=0, plaintext_port=None,
+            ads,
+            cert_pem=leaf.cert_pem,
+            key_pem=leaf.key_pem,
+            trust_bundle_pem=ca.pem,
+            xds_port=0,
+            plaintext_port=None,
         )
         await first.start()
         try:
             with pytest.raises(OSError, match="--xds-port"):
                 build_server(
-                    AdsServer(StaticSource()), cert_pem=leaf.cert_pem, key_pem=leaf.key_pem,
-                    trust_bundle_pem=ca.pem, xds_port=first.xds_port, plaintext_port=None,
+                    AdsServer(StaticSource()),
+                    cert_pem=leaf.cert_pem,
+                    key_pem=leaf.key_pem,
+                    trust_bundle_pem=ca.pem,
+                    xds_port=first.xds_port,
+                    plaintext_port=None,
                 )
         finally:
             await first.stop(None)
 
     asyncio.run(go())
-

@@ -47,7 +47,9 @@ def greeter_snapshot(port_a: int, port_b: int, weight_a: int, weight_b: int) -> 
     manager = hcm.HttpConnectionManager(
         rds=hcm.Rds(config_source=_ads(), route_config_name=TARGET),
         http_filters=[
-            hcm.HttpFilter(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
+            hcm.HttpFilter(
+                name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router())
+            )
         ],
     )
     lis = listener_pb2.Listener(
@@ -55,8 +57,12 @@ def greeter_snapshot(port_a: int, port_b: int, weight_a: int, weight_b: int) -> 
     )
     weighted = rc.WeightedCluster(
         clusters=[
-            rc.WeightedCluster.ClusterWeight(name="A", weight=wrappers_pb2.UInt32Value(value=weight_a)),
-            rc.WeightedCluster.ClusterWeight(name="B", weight=wrappers_pb2.UInt32Value(value=weight_b)),
+            rc.WeightedCluster.ClusterWeight(
+                name="A", weight=wrappers_pb2.UInt32Value(value=weight_a)
+            ),
+            rc.WeightedCluster.ClusterWeight(
+                name="B", weight=wrappers_pb2.UInt32Value(value=weight_b)
+            ),
         ]
     )
     routes = route_pb2.RouteConfiguration(
@@ -146,8 +152,13 @@ async def test_proxyless_grpc_client_follows_weighted_clusters() -> None:
         }
         env = dict(os.environ, GRPC_XDS_BOOTSTRAP_CONFIG=json.dumps(bootstrap))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(CLIENT), TARGET, str(CALLS),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            sys.executable,
+            str(CLIENT),
+            TARGET,
+            str(CALLS),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
         )
         first = await _line(proc)
         assert first["a"] + first["b"] == CALLS

@@ -110,15 +110,25 @@ def test_update_sends_only_changed_types_in_make_before_break_order() -> None:
         s.receive(request(t, names))
     s.receive(request(SECRET, ["ROOTCA"]))  # not there yet
     changed = snap(
-        secret("ROOTCA"), cluster("a", 5), cluster("b"), cla("a", 9), cla("b", 2),
-        listener("l", 7), route("r", "z"),
+        secret("ROOTCA"),
+        cluster("a", 5),
+        cluster("b"),
+        cla("a", 9),
+        cla("b", 2),
+        listener("l", 7),
+        route("r", "z"),
     )
     out = s.update(changed)
     assert [r.type_url for r in out] == [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE]
     # Endpoint "b" changes, but this stream only watches "a": nothing to send.
     only_b = snap(
-        secret("ROOTCA"), cluster("a", 5), cluster("b"), cla("a", 9), cla("b", 3),
-        listener("l", 7), route("r", "z"),
+        secret("ROOTCA"),
+        cluster("a", 5),
+        cluster("b"),
+        cla("a", 9),
+        cla("b", 3),
+        listener("l", 7),
+        route("r", "z"),
     )
     assert s.update(only_b) == ()
     nonces = [r.nonce for r in out]
@@ -147,12 +157,21 @@ def test_snapshot_versions_are_content_hashes() -> None:
 
 def test_node_info_from_proto() -> None:
     info = NodeInfo.from_proto(
-        node("w-0.shop", NAMESPACE="shop", SERVICE_ACCOUNT="sa", PROXY_MODE="sidecar",
-             LABELS={"app": "w"}, PORTS=[{"name": "http", "port": 8080}]),
+        node(
+            "w-0.shop",
+            NAMESPACE="shop",
+            SERVICE_ACCOUNT="sa",
+            PROXY_MODE="sidecar",
+            LABELS={"app": "w"},
+            PORTS=[{"name": "http", "port": 8080}],
+        ),
         peer_identity="spiffe://cluster.local/ns/shop/sa/sa",
     )
     assert (info.id, info.namespace, info.service_account, info.proxy_mode) == (
-        "w-0.shop", "shop", "sa", "sidecar",
+        "w-0.shop",
+        "shop",
+        "sa",
+        "sidecar",
     )
     assert info.metadata["LABELS"] == {"app": "w"}
     assert info.metadata["PORTS"][0]["port"] == 8080

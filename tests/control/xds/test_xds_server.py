@@ -36,8 +36,13 @@ pytestmark = pytest.mark.timeout(30)
 
 def full(port: int = 1) -> Snapshot:
     return snap(
-        secret("ROOTCA"), cluster("a"), cluster("b"), cla("a", port), cla("b", port),
-        listener("l1", port), route("r1", "a"),
+        secret("ROOTCA"),
+        cluster("a"),
+        cluster("b"),
+        cla("a", port),
+        cla("b", port),
+        listener("l1", port),
+        route("r1", "a"),
     )
 
 
@@ -178,8 +183,13 @@ async def test_push_order_is_make_before_break_and_only_changed_types(env: AdsEn
     c = env.open()
     await subscribe_all(c)
     changed = snap(
-        secret("ROOTCA", b"other"), cluster("a", 2), cluster("b"), cla("a", 5), cla("b", 1),
-        listener("l1", 5), route("r1", "b"),
+        secret("ROOTCA", b"other"),
+        cluster("a", 2),
+        cluster("b"),
+        cla("a", 5),
+        cla("b", 1),
+        listener("l1", 5),
+        route("r1", "b"),
     )
     env.source.set(changed)
     got = [await c.recv() for _ in range(5)]
@@ -187,10 +197,17 @@ async def test_push_order_is_make_before_break_and_only_changed_types(env: AdsEn
     for r in got:
         await c.ack(r, SUBSCRIBED[r.type_url])
     # Now change only the route: only RDS is sent.
-    env.source.set(snap(
-        secret("ROOTCA", b"other"), cluster("a", 2), cluster("b"), cla("a", 5), cla("b", 1),
-        listener("l1", 5), route("r1", "a"),
-    ))
+    env.source.set(
+        snap(
+            secret("ROOTCA", b"other"),
+            cluster("a", 2),
+            cluster("b"),
+            cla("a", 5),
+            cla("b", 1),
+            listener("l1", 5),
+            route("r1", "a"),
+        )
+    )
     only = await c.recv()
     assert only.type_url == ROUTE
     await c.expect_nothing()

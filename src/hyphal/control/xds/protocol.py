@@ -177,9 +177,7 @@ class AdsStream:
         )
 
     @staticmethod
-    def _subscription(
-        type_url: str, names: object, ts: _TypeState | None
-    ) -> frozenset[str] | None:
+    def _subscription(type_url: str, names: object, ts: _TypeState | None) -> frozenset[str] | None:
         wanted: frozenset[str] = frozenset(names)  # type: ignore[call-overload]
         if type_url not in WILDCARD_TYPES:
             return wanted

@@ -203,7 +203,10 @@ class AdsServer:
             sent += self._refresh(conn)
         log.debug(
             "ADS push %d: %d responses to %d streams in %.1f ms",
-            self.push_count, sent, len(self._conns), (time.perf_counter() - started) * 1e3,
+            self.push_count,
+            sent,
+            len(self._conns),
+            (time.perf_counter() - started) * 1e3,
         )
 
     def _refresh(self, conn: _Connection) -> int:
@@ -227,7 +230,8 @@ class AdsServer:
     # -- streams --------------------------------------------------------------------------
 
     async def DeltaAggregatedResources(  # gRPC method name
-        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, bytes],
     ) -> None:
         await context.abort(
@@ -236,7 +240,8 @@ class AdsServer:
         )
 
     async def StreamAggregatedResources(  # gRPC method name
-        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, bytes],
     ) -> None:
         self._ensure_started()
@@ -255,7 +260,10 @@ class AdsServer:
         self._run_hook(self._on_connect, conn.node)
         log.info(
             "ADS stream %d connected: node %r (%s) from %s",
-            conn.id, conn.node.id, conn.node.peer_identity or "plaintext", conn.peer,
+            conn.id,
+            conn.node.id,
+            conn.node.peer_identity or "plaintext",
+            conn.peer,
         )
         reader = asyncio.get_running_loop().create_task(
             self._read(conn, requests), name=f"ads-read-{conn.id}"
@@ -334,8 +342,11 @@ class AdsServer:
         if outcome.kind == "nack":
             log.warning(
                 "ADS NACK from node %r for %s version %s nonce %s: %s",
-                conn.node.id, short_name(req.type_url), outcome.nacked_version,
-                req.response_nonce, outcome.nack_message,
+                conn.node.id,
+                short_name(req.type_url),
+                outcome.nacked_version,
+                req.response_nonce,
+                outcome.nack_message,
             )
         self._send(conn, outcome.responses)
 
