@@ -39,7 +39,8 @@ spec:
 
 
 def hyphal(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hyphal", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hyphal", *args], check=False, cwd=cwd,
+                          capture_output=True,
                           text=True, timeout=timeout)
 
 
