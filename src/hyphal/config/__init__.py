@@ -1,8 +1,8 @@
 """hyphal.config: user-facing resources — models, loading, validation.
 
-    rs = load_paths([Path("examples/shop")])   # raises ConfigErrors listing every problem
-    errors = validate(rs)                       # cross-resource problems, [] when consistent
-    for vs in rs.virtual_services: ...
+rs = load_paths([Path("examples/shop")])   # raises ConfigErrors listing every problem
+errors = validate(rs)                       # cross-resource problems, [] when consistent
+for vs in rs.virtual_services: ...
 """
 
 from __future__ import annotations

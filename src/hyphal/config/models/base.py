@@ -26,6 +26,7 @@ from hyphal.config.duration import DurationError, format_duration, parse_duratio
 __all__ = [
     "PROTOCOLS",
     "Duration",
+    "ExportTo",
     "Labels",
     "Metadata",
     "Model",
@@ -139,6 +140,20 @@ def choice(
 
     return BeforeValidator(check)
 
+
+def _export_to(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            if v != "*":
+                raise fail(
+                    f"exportTo {v!r} is not supported by hyphal: every resource is visible "
+                    'mesh-wide; write ["*"] or leave exportTo out'
+                )
+    return value
+
+
+ExportTo = Annotated[tuple[str, ...], BeforeValidator(_export_to)]
+"""exportTo: only "*" (hyphal resources are visible in every namespace)."""
 
 PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "TCP")
 Protocol = Annotated[

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, PlainValidator, field_validator, model_validator
 
 from hyphal.config.models.base import (
     Duration,
+    ExportTo,
     Labels,
     Model,
     ResourceModel,
@@ -155,8 +157,8 @@ class HealthCheck(Model):
 
     path: str | None = None
     tcp: bool = False
-    interval: Duration | None = None
-    timeout: Duration | None = None
+    interval: Duration = timedelta(seconds=5)
+    timeout: Duration = timedelta(seconds=1)
     unhealthy_threshold: PositiveCount = 3
     healthy_threshold: PositiveCount = 2
 
@@ -207,7 +209,7 @@ class DestinationRuleSpec(Model):
     host: str = Field(min_length=1)
     traffic_policy: TrafficPolicy | None = None
     subsets: tuple[Subset, ...] = ()
-    export_to: tuple[str, ...] = ()
+    export_to: ExportTo = ()
 
     @field_validator("subsets")
     @classmethod

@@ -8,6 +8,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, PlainValidator, field_validator, model_validator
 
 from hyphal.config.models.base import (
+    ExportTo,
     Labels,
     Model,
     PortNumber,
@@ -57,7 +58,7 @@ class ServiceEntrySpec(Model):
         choice(("NONE", "STATIC", "DNS"), ("DNS_ROUND_ROBIN",)),
     ] = "NONE"
     endpoints: tuple[WorkloadEntry, ...] = ()
-    export_to: tuple[str, ...] = ()
+    export_to: ExportTo = ()
 
     @field_validator("ports")
     @classmethod

@@ -8,6 +8,7 @@ from pydantic import BeforeValidator, Field, PlainValidator, field_validator, mo
 
 from hyphal.config.models.base import (
     Duration,
+    ExportTo,
     Labels,
     Model,
     Percent,
@@ -282,7 +283,7 @@ Gateway = Annotated[str, BeforeValidator(_gateway)]
 class VirtualServiceSpec(Model):
     hosts: tuple[str, ...] = Field(min_length=1)
     gateways: tuple[Gateway, ...] = ()
-    export_to: tuple[str, ...] = ()
+    export_to: ExportTo = ()
     http: tuple[HTTPRoute, ...] = ()
     tcp: tuple[TCPRoute, ...] = ()
 
