@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,3 +110,33 @@ def test_up_reports_config_errors(tmp_path: Path) -> None:
                                        "metadata: {name: x}\nspec: {replicas: -1}\n")
     out = hyphal("up", str(tmp_path), "--run-dir", str(tmp_path / "run"), cwd=HERE)
     assert out.returncode == 2 and "cannot load" in out.stderr and "replicas" in out.stderr
+
+
+def test_foreground_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "mesh.yaml").write_text(MESH % {"python": sys.executable, "app": APP})
+    run = RunDir(tmp_path / ".hyphal")
+    up = subprocess.Popen([sys.executable, "-m", "hyphal", "up", "cfg", "--foreground",
+                           "--hyphal-cmd", shlex.join(STANDIN)], cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids: list[tuple[int, int | None]] = []
+    try:
+        deadline = time.monotonic() + 30
+        while (state := run.read_state()) is None or state.phase != "ready":
+            assert up.poll() is None, up.communicate()[0]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        pids = [(p.pid, p.start_ticks) for p in state.processes if p.pid]
+        assert len(pids) == 5 and state.supervisor_pid == up.pid
+        up.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+        out, _ = up.communicate(timeout=30)
+        assert up.returncode == 0, out
+        assert "WORKLOAD" in out and "mesh stopped" in out
+        assert all(not procs.group_alive(p, s) for p, s in pids)
+        assert run.require_state().phase == "stopped"
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        procs.terminate_groups(pids, 1.0)
