@@ -49,7 +49,9 @@ def test_generated_key_is_p256_and_round_trips_pem() -> None:
 
 
 def test_load_private_key_error_does_not_echo_input() -> None:
-    secret = b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END PRIVATE KEY-----\n"
+    secret = (
+        b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END PRIVATE KEY-----\n"
+    )
     with pytest.raises(ValueError) as info:
         load_private_key(secret)
     assert "c2VjcmV0" not in str(info.value)
@@ -189,11 +191,13 @@ def test_mtls_handshake_with_python_ssl(ca: CertificateAuthority, tmp_path: Path
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        with socket.create_connection(listener.getsockname(), timeout=5) as raw:
-            with client_ctx.wrap_socket(raw) as tls:
-                server_cert = tls.getpeercert()
-                tls.sendall(b"hello")
-                assert tls.recv(5) == b"hello"
+        with (
+            socket.create_connection(listener.getsockname(), timeout=5) as raw,
+            client_ctx.wrap_socket(raw) as tls,
+        ):
+            server_cert = tls.getpeercert()
+            tls.sendall(b"hello")
+            assert tls.recv(5) == b"hello"
         thread.join(5)
     finally:
         listener.close()
@@ -225,9 +229,11 @@ def test_ssl_refuses_a_peer_from_another_root(ca: CertificateAuthority, tmp_path
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        with socket.create_connection(listener.getsockname(), timeout=5) as raw:
-            with pytest.raises(ssl.SSLCertVerificationError):
-                ctx.wrap_socket(raw)
+        with (
+            socket.create_connection(listener.getsockname(), timeout=5) as raw,
+            pytest.raises(ssl.SSLCertVerificationError),
+        ):
+            ctx.wrap_socket(raw)
         thread.join(5)
     finally:
         listener.close()
@@ -237,3 +243,16 @@ def test_key_pem_is_pkcs8_unencrypted() -> None:
     pem = key_to_pem(generate_key())
     key = serialization.load_pem_private_key(pem, password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
+
+
+def test_peer_identity_from_a_grpc_auth_context(ca: CertificateAuthority, tmp_path: Path) -> None:
+    from hyphal.identity.certs import peer_identity
+
+    _, chain = issue(ca, SHOP)
+    leaf_pem = chain.split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
+    context = {"transport_security_type": [b"ssl"], "x509_pem_cert": [leaf_pem]}
+    assert peer_identity(context, ca.roots) == SHOP
+    assert peer_identity({"transport_security_type": [b"ssl"]}, ca.roots) is None
+    other = CertificateAuthority.load_or_create(tmp_path / "o", "cluster.local")
+    with pytest.raises(CertificateError):
+        peer_identity(context, other.roots)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -127,3 +127,20 @@ def _require_eku(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> None:
         return  # No EKU extension: any purpose (RFC 5280 §4.2.1.12).
     if oid not in eku:
         raise CertificateError(f"certificate {describe(cert)} lacks extendedKeyUsage {oid._name}")
+
+
+def peer_identity(
+    auth_context: Mapping[str, Iterable[bytes]],
+    roots: Sequence[x509.Certificate],
+    now: dt.datetime | None = None,
+) -> SpiffeId | None:
+    """The verified SPIFFE id of a gRPC peer, from `context.auth_context()`.
+
+    None when the peer presented no certificate (plaintext or server-side TLS only); a
+    CertificateError when it presented one that does not verify against `roots`.
+    """
+    pem = b"".join(auth_context.get("x509_pem_cert", ()))
+    if not pem:
+        return None
+    chain = load_chain(pem)
+    return verify_chain(chain[0], chain[1:], roots, now)

@@ -67,7 +67,9 @@ def test_second_start_loads_and_never_overwrites(ca: CertificateAuthority, state
     assert after == before
 
 
-def test_half_missing_root_is_an_error_not_a_new_root(ca: CertificateAuthority, state: Path) -> None:
+def test_half_missing_root_is_an_error_not_a_new_root(
+    ca: CertificateAuthority, state: Path
+) -> None:
     (state / "ca" / "root-cert.pem").unlink()
     with pytest.raises(FileNotFoundError, match="restore root-cert.pem"):
         CertificateAuthority.load_or_create(state, TD)
@@ -179,7 +181,11 @@ def test_refuses_csr_with_two_sans(ca: CertificateAuthority) -> None:
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"", b"hello", b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"],
+    [
+        b"",
+        b"hello",
+        b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+    ],
 )
 def test_refuses_garbage_csr(ca: CertificateAuthority, garbage: bytes) -> None:
     with pytest.raises(CsrError, match="PKCS#10|decoded"):
@@ -264,9 +270,7 @@ def test_server_credentials_renewed_after_root_change(
     load_chain(second.chain_pem)[0].verify_directly_issued_by(ca.root_cert)
 
 
-def test_no_private_key_in_logs_or_repr(
-    state: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_no_private_key_in_logs_or_repr(state: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     ca = CertificateAuthority.load_or_create(state, TD)
     ca.server_credentials()

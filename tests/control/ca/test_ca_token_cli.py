@@ -44,7 +44,9 @@ def test_token_create_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFi
     assert rc == 1
     assert "invalid namespace" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["token", "create", "--state-dir", str(tmp_path), "-n", "a", "--sa", "b", "--ttl", "x"])
+        main(
+            ["token", "create", "--state-dir", str(tmp_path), "-n", "a", "--sa", "b", "--ttl", "x"]
+        )
 
 
 def test_token_create_as_a_process(tmp_path: Path) -> None:

@@ -157,7 +157,7 @@ def test_bad_format_is_refused(issuer: TokenIssuer, garbage: str) -> None:
 def test_compare_is_constant_time() -> None:
     import inspect
 
-    import hyphal.control.ca.tokens as tokens
+    from hyphal.control.ca import tokens
 
     assert "hmac.compare_digest" in inspect.getsource(tokens.TokenIssuer.claims)
 

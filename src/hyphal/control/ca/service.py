@@ -19,7 +19,7 @@ from hyphal.control.ca.authority import CertificateAuthority
 from hyphal.control.ca.csr import CsrError, IdentityMismatch
 from hyphal.control.ca.proto import ca_pb2, ca_pb2_grpc
 from hyphal.control.ca.tokens import TokenError, TokenIssuer
-from hyphal.identity.certs import CertificateError, load_chain, not_after, verify_chain
+from hyphal.identity.certs import CertificateError, not_after, peer_identity
 from hyphal.identity.spiffe import SpiffeId
 
 log = logging.getLogger("hyphal.ca")
@@ -124,15 +124,14 @@ class CaCore:
                 raise Refused(
                     grpc.StatusCode.UNAUTHENTICATED, f"bootstrap token refused: {exc.reason}"
                 ) from None
-        peer_pem = b"".join(auth_context.get("x509_pem_cert", ()))
-        if peer_pem:
-            try:
-                chain = load_chain(peer_pem)
-                return verify_chain(chain[0], chain[1:], self._ca.roots), "mtls"
-            except CertificateError as exc:
-                raise Refused(
-                    grpc.StatusCode.UNAUTHENTICATED, f"client certificate refused: {exc}"
-                ) from None
+        try:
+            peer = peer_identity(auth_context, self._ca.roots)
+        except CertificateError as exc:
+            raise Refused(
+                grpc.StatusCode.UNAUTHENTICATED, f"client certificate refused: {exc}"
+            ) from None
+        if peer is not None:
+            return peer, "mtls"
         raise Refused(
             grpc.StatusCode.UNAUTHENTICATED,
             "no credential: send `authorization: Bearer <token>` metadata "
