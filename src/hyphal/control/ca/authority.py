@@ -130,7 +130,8 @@ class CertificateAuthority:
         with files.locked(ca_dir):
             if (root_cert_file is None) != (root_key_file is None):
                 raise ValueError(
-                    "an operator-provided root needs both its certificate file and its key file (or neither)"
+                    "an operator-provided root needs both its certificate file and its key file "
+                    "(or neither)"
                 )
             if root_cert_file is not None and root_key_file is not None:
                 signer, key = _load_root(Path(root_cert_file), Path(root_key_file))
