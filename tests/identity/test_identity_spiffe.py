@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from hyphal.identity.spiffe import SpiffeId
 
@@ -51,3 +53,25 @@ def test_frozen_and_hashable() -> None:
     with pytest.raises(AttributeError):
         sid.namespace = "c"  # type: ignore[misc]
     assert {sid, SpiffeId.parse(sid.uri)} == {sid}
+
+
+_seg = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", min_size=1
+)
+_td = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.-_", min_size=1)
+
+
+@given(_td, _seg, _seg)
+def test_every_valid_id_round_trips(td: str, ns: str, sa: str) -> None:
+    assume(ns not in (".", "..") and sa not in (".", ".."))
+    sid = SpiffeId(td, ns, sa)
+    assert SpiffeId.parse(sid.uri) == sid
+
+
+@given(st.text(max_size=80))
+def test_parse_fails_only_with_value_error(text: str) -> None:
+    try:
+        sid = SpiffeId.parse(text)
+    except ValueError:
+        return
+    assert sid.uri == text
