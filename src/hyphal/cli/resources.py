@@ -117,9 +117,8 @@ def run_apply(args: argparse.Namespace) -> int:
             _print_errors(errors)
             print("nothing was applied", file=sys.stderr)
             return 1
-        body = "\n---\n".join(text for _, text in inputs)
-        client = _client(args)
-        result = client.post("/api/v1/apply", body.encode("utf-8"), "application/yaml")
+        files = [{"name": name, "text": text} for name, text in inputs]
+        result = _client(args).post_json("/api/v1/apply", {"files": files})
     except ClientError as exc:
         _print_errors(getattr(exc, "errors", None) or [str(exc)])
         if getattr(exc, "status", 0) in (400, 409, 422):

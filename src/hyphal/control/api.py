@@ -9,7 +9,8 @@ headers, body in; status and JSON out) and is what the unit tests drive.
 Endpoints (all JSON; errors are `{"errors": [...]}`):
   GET  /healthz                 live (no auth)
   GET  /ready                   200 once every component is ready, else 503 (no auth)
-  POST /api/v1/apply            body: YAML (multi-document); 200 with per-resource outcomes
+  POST /api/v1/apply            body: YAML (multi-document), or JSON {"files": [{name, text}]}
+                                so errors name each file; 200 with per-resource outcomes
   POST /api/v1/delete           body: YAML, or JSON {"resources": [{kind, name, namespace}]}
   GET  /api/v1/resources        ?kind=&namespace=&name=
   GET  /api/v1/status           xDS connections, registry, CA
@@ -82,6 +83,19 @@ def _change_reply(result: ChangeResult) -> Reply:
     return Reply(200, result.to_json())
 
 
+def _sources(payload: Any) -> list[tuple[str, str]]:
+    """`{"files": [{"name": "vs.yaml", "text": "..."}]}` -> [(name, text)]."""
+    files = payload.get("files") if isinstance(payload, dict) else None
+    if not isinstance(files, list) or not files:
+        raise ValueError("'files' must be a non-empty list of {name, text}")
+    out: list[tuple[str, str]] = []
+    for i, f in enumerate(files):
+        if not isinstance(f, dict) or not isinstance(f.get("text"), str):
+            raise ValueError(f"files[{i}] must be an object with a 'text' string")
+        out.append((str(f.get("name") or f"files[{i}]"), f["text"]))
+    return out
+
+
 class ApiHandlers:
     """Request logic without sockets; every method runs on the asyncio loop's thread."""
 
@@ -131,6 +145,10 @@ class ApiHandlers:
                 "missing or wrong admin token: send 'Authorization: Bearer <token>' with the "
                 "contents of <state-dir>/admin-token",
             )
+        if path in ("/api/v1/apply", "/api/v1/delete", "/api/v1/resources") and not getattr(
+            self.store, "loaded", True
+        ):
+            return _errors(503, "the control plane is still loading its config; retry shortly")
         routes: dict[tuple[str, str], Callable[[], Reply]] = {
             ("POST", "/api/v1/apply"): lambda: self._apply(headers, body),
             ("POST", "/api/v1/delete"): lambda: self._delete(headers, body),
@@ -157,10 +175,16 @@ class ApiHandlers:
         text = self._text(body)
         if isinstance(text, Reply):
             return text
+        ctype = (headers.get("content-type") or headers.get("Content-Type") or "").lower()
+        if "json" in ctype:
+            try:
+                sources = _sources(json.loads(text))
+            except ValueError as exc:
+                return _errors(400, f"bad apply request: {exc}")
+            return _change_reply(self.store.apply_sources(sources))
         if not text.strip():
             return _errors(400, "empty request body: send the resources as YAML")
-        source = headers.get("x-hyphal-source") or headers.get("X-Hyphal-Source") or "request"
-        return _change_reply(self.store.apply_text(text, source=source))
+        return _change_reply(self.store.apply_text(text, source="request"))
 
     def _delete(self, headers: Mapping[str, str], body: bytes) -> Reply:
         text = self._text(body)

@@ -167,12 +167,22 @@ class Store:
 
     def apply_text(self, text: str, source: str = "request") -> ChangeResult:
         """Create or replace every resource in `text` (YAML, one or more documents)."""
-        try:
-            incoming = adapter.parse_text(text, source)
-        except ParseFailed as exc:
-            return self._refuse(422, exc.errors)
+        return self.apply_sources([(source, text)])
+
+    def apply_sources(self, sources: Sequence[tuple[str, str]]) -> ChangeResult:
+        """Apply several (name, YAML text) inputs as one change set; errors name each input."""
+        incoming: list[Resource] = []
+        errors: list[str] = []
+        for name, text in sources:
+            try:
+                incoming.extend(adapter.parse_text(text, name))
+            except ParseFailed as exc:
+                errors.extend(exc.errors)
+        if errors:
+            return self._refuse(422, errors)
         if not incoming:
-            return self._refuse(400, [f"{source}: no resources in the request"])
+            names = ", ".join(name for name, _ in sources) or "request"
+            return self._refuse(400, [f"{names}: no resources to apply"])
         seen: dict[Key, Resource] = {}
         dupes = []
         for res in incoming:
