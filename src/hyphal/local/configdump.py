@@ -1,169 +1,136 @@
-"""Reading a sidecar's `/config_dump` (Envoy's admin format, protobuf JSON) into table rows.
+"""Reading a sidecar's `/config_dump` (hyphal.proxy.admin's document) into table rows.
 
-Pure functions over the parsed JSON; tolerant of absent sections (a sidecar that has not
-received a type yet simply has no rows for it).
+The document: `xds.types.{LDS,RDS,CDS,EDS,SDS}` (version, state, last_nack), `config` (the
+compiled runtime tables: listeners, routes, clusters with their endpoints) and `certificate`
+(spiffe_id, not_after, …). Pure functions; absent parts just give no rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 SECTIONS = ("listeners", "routes", "clusters", "endpoints")
 
-_DUMP_TYPES = {
-    "listeners": "ListenersConfigDump",
-    "routes": "RoutesConfigDump",
-    "clusters": "ClustersConfigDump",
-    "endpoints": "EndpointsConfigDump",
-    "secrets": "SecretsConfigDump",
-}
-
 Row = list[Any]
 
-
-def _configs(dump: dict[str, Any], section: str) -> Iterator[dict[str, Any]]:
-    suffix = _DUMP_TYPES[section]
-    for cfg in dump.get("configs", []) or []:
-        if str(cfg.get("@type", "")).endswith(suffix):
-            yield cfg
-
-
-def _addr(a: dict[str, Any] | None) -> str:
-    sa = (a or {}).get("socket_address") or (a or {}).get("socketAddress") or {}
-    port = sa.get("port_value", sa.get("portValue", ""))
-    return f"{sa.get('address', '')}:{port}" if sa else "-"
-
-
-def _g(d: dict[str, Any], snake: str) -> Any:
-    """A field by its snake_case or camelCase JSON name."""
-    if snake in d:
-        return d[snake]
-    head, *rest = snake.split("_")
-    return d.get(head + "".join(p.title() for p in rest))
-
-
-def _items(cfg: dict[str, Any], *keys: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(version, item) for every entry of the dynamic/static lists named by `keys`."""
-    top_version = str(_g(cfg, "version_info") or "")
-    for key in keys:
-        for entry in _g(cfg, key) or []:
-            state = _g(entry, "active_state") or entry
-            yield str(_g(state, "version_info") or _g(entry, "version_info") or top_version), state
+_KINDS = {"LDS": "listeners", "RDS": "routes", "CDS": "clusters", "EDS": "endpoints",
+          "SDS": "secrets"}
 
 
 def versions(dump: dict[str, Any]) -> dict[str, str]:
-    """The version each xDS type was last ACKed at, e.g. {"listeners": "3f2a…", …}."""
+    """The version each xDS type was last ACKed at, e.g. {"listeners": "3f2a…", …}.
+
+    A type whose last response was NACKed shows as `<version> (NACK)`.
+    """
     out: dict[str, str] = {}
-    for section in (*SECTIONS, "secrets"):
-        for cfg in _configs(dump, section):
-            v = _g(cfg, "version_info")
-            if not v:
-                keys = {"listeners": ("dynamic_listeners",),
-                        "routes": ("dynamic_route_configs",),
-                        "clusters": ("dynamic_active_clusters",),
-                        "endpoints": ("dynamic_endpoint_configs",),
-                        "secrets": ("dynamic_active_secrets",)}[section]
-                found = sorted({ver for ver, _ in _items(cfg, *keys) if ver})
-                v = ",".join(found)
-            if v:
-                out[section] = str(v)
+    types = ((dump.get("xds") or {}).get("types")) or {}
+    for kind, st in types.items():
+        if not isinstance(st, dict):
+            continue
+        version = str(st.get("version") or "")
+        if st.get("state") == "nacked":
+            version = f"{version or '-'} (NACK)"
+        if version:
+            out[_KINDS.get(kind, kind)] = version
     return out
+
+
+def cert_expiry(dump: dict[str, Any]) -> str | None:
+    cert = dump.get("certificate") or {}
+    value = cert.get("not_after")
+    return str(value) if value else None
+
+
+def _config(dump: dict[str, Any]) -> dict[str, Any]:
+    cfg = dump.get("config")
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def listener_rows(dump: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    for cfg in _configs(dump, "listeners"):
-        for version, state in _items(cfg, "static_listeners", "dynamic_listeners"):
-            lst = state.get("listener") or {}
-            filters = []
-            tls = False
-            for chain in _g(lst, "filter_chains") or []:
-                tls = tls or bool(_g(chain, "transport_socket"))
-                filters += [f.get("name", "?").removeprefix("envoy.filters.network.")
-                            for f in chain.get("filters", [])]
-            rows.append([lst.get("name"), _addr(lst.get("address")), ",".join(filters) or "-",
-                         "mTLS" if tls else "-", version])
-    return rows
-
-
-def route_rows(dump: dict[str, Any]) -> list[Row]:
-    rows: list[Row] = []
-    for cfg in _configs(dump, "routes"):
-        for version, state in _items(cfg, "static_route_configs", "dynamic_route_configs"):
-            rc = _g(state, "route_config") or {}
-            for vh in _g(rc, "virtual_hosts") or []:
-                domains = vh.get("domains", [])
-                shown = ",".join(domains[:3]) + (f",+{len(domains) - 3}" if len(domains) > 3 else "")
-                for r in vh.get("routes", []):
-                    rows.append([rc.get("name"), vh.get("name"), shown, _match(r.get("match", {})),
-                                 _target(r), version])
+    for lst in _config(dump).get("listeners") or []:
+        routes = lst.get("route_config") or ("inline" if lst.get("inline_routes") else None)
+        target = routes or lst.get("tcp_cluster")
+        rbac = lst.get("rbac")
+        rows.append([lst.get("name"), f"{lst.get('host')}:{lst.get('port')}", lst.get("kind"),
+                     "mTLS" if lst.get("tls") else "-", "yes" if rbac else "-", target])
     return rows
 
 
 def _match(m: dict[str, Any]) -> str:
-    for key in ("prefix", "path"):
-        if key in m:
-            return f"{key} {m[key]}"
-    regex = _g(m, "safe_regex")
-    if regex:
-        return f"regex {regex.get('regex')}"
-    return "*"
+    path = m.get("path") or {}
+    text = f"{path.get('kind', 'prefix')} {path.get('value', '/')}"
+    if m.get("methods"):
+        text += " " + ",".join(m["methods"])
+    for h in m.get("headers") or []:
+        text += f" [{h.get('name')}]"
+    return text
 
 
-def _target(route: dict[str, Any]) -> str:
-    r = route.get("route")
-    if r is None:
-        if "direct_response" in route or "directResponse" in route:
-            dr = _g(route, "direct_response")
-            return f"direct {dr.get('status')}"
+def _action(a: dict[str, Any] | None) -> str:
+    if not a:
         return "-"
-    if "cluster" in r:
-        return str(r["cluster"])
-    wc = _g(r, "weighted_clusters") or {}
-    parts = []
-    for c in wc.get("clusters", []):
-        weight = c.get("weight")
-        if isinstance(weight, dict):
-            weight = weight.get("value")
-        parts.append(f"{c.get('name')}={weight}")
-    return " ".join(parts) or "-"
+    if "clusters" in a:
+        cs = a["clusters"]
+        if len(cs) == 1:
+            return str(cs[0].get("name"))
+        return " ".join(f"{c.get('name')}={c.get('weight')}" for c in cs)
+    if "status" in a and "body" in a:
+        return f"direct {a['status']}"
+    if "status" in a:
+        return f"redirect {a['status']}"
+    return "-"
+
+
+def _route_tables(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    tables = list((cfg.get("routes") or {}).values())
+    for lst in cfg.get("listeners") or []:
+        inline = lst.get("inline_routes")
+        if inline:
+            tables.append({**inline, "name": inline.get("name") or f"{lst.get('name')} (inline)"})
+    return tables
+
+
+def route_rows(dump: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for rt in _route_tables(_config(dump)):
+        for vh in rt.get("virtual_hosts") or []:
+            domains = list(vh.get("domains") or [])
+            shown = ",".join(domains[:3]) + (f",+{len(domains) - 3}" if len(domains) > 3 else "")
+            for r in vh.get("routes") or []:
+                rows.append([rt.get("name"), vh.get("name"), shown, _match(r.get("match") or {}),
+                             _action(r.get("action")), r.get("timeout_s")])
+    return rows
 
 
 def cluster_rows(dump: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    for cfg in _configs(dump, "clusters"):
-        for version, state in _items(cfg, "static_clusters", "dynamic_active_clusters"):
-            c = state.get("cluster") or {}
-            rows.append([c.get("name"), c.get("type", "EDS"), _g(c, "lb_policy") or "ROUND_ROBIN",
-                         "mTLS" if _g(c, "transport_socket") else "-", version])
+    for c in (_config(dump).get("clusters") or {}).values():
+        tls = c.get("tls")
+        sans = ",".join(tls.get("expected_sans") or []) if tls else ""
+        eps = c.get("endpoints") or []
+        healthy = sum(1 for e in eps if e.get("healthy", True))
+        rows.append([c.get("name"), c.get("lb"), f"{healthy}/{len(eps)}",
+                     f"mTLS {sans}".strip() if tls else "-"])
     return rows
 
 
 def endpoint_rows(dump: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    for cfg in _configs(dump, "endpoints"):
-        for _version, state in _items(cfg, "static_endpoint_configs", "dynamic_endpoint_configs"):
-            cla = _g(state, "endpoint_config") or {}
-            for group in cla.get("endpoints", []) or []:
-                for lbe in _g(group, "lb_endpoints") or []:
-                    ep = lbe.get("endpoint") or {}
-                    md = ((lbe.get("metadata") or {}).get("filter_metadata")
-                          or (lbe.get("metadata") or {}).get("filterMetadata") or {})
-                    identity = (md.get("hyphal") or {}).get("identity")
-                    weight = _g(lbe, "load_balancing_weight")
-                    if isinstance(weight, dict):
-                        weight = weight.get("value")
-                    rows.append([_g(cla, "cluster_name"), _addr(ep.get("address")),
-                                 _g(lbe, "health_status") or "UNKNOWN", weight or 1, identity])
+    for c in (_config(dump).get("clusters") or {}).values():
+        for e in c.get("endpoints") or []:
+            labels = ",".join(f"{k}={v}" for k, v in sorted((e.get("labels") or {}).items()))
+            rows.append([c.get("name"), f"{e.get('host')}:{e.get('port')}",
+                         "HEALTHY" if e.get("healthy", True) else "UNHEALTHY", e.get("weight"),
+                         e.get("identity"), labels or None])
     return rows
 
 
 HEADERS: dict[str, list[str]] = {
-    "listeners": ["NAME", "ADDRESS", "FILTERS", "TLS", "VERSION"],
-    "routes": ["ROUTE CONFIG", "VIRTUAL HOST", "DOMAINS", "MATCH", "CLUSTER(S)", "VERSION"],
-    "clusters": ["NAME", "TYPE", "LB", "TLS", "VERSION"],
-    "endpoints": ["CLUSTER", "ADDRESS", "HEALTH", "WEIGHT", "IDENTITY"],
+    "listeners": ["NAME", "ADDRESS", "KIND", "TLS", "RBAC", "ROUTES/CLUSTER"],
+    "routes": ["ROUTE CONFIG", "VIRTUAL HOST", "DOMAINS", "MATCH", "CLUSTER(S)", "TIMEOUT"],
+    "clusters": ["NAME", "LB", "HEALTHY", "TLS"],
+    "endpoints": ["CLUSTER", "ADDRESS", "HEALTH", "WEIGHT", "IDENTITY", "LABELS"],
 }
 
 ROWS = {

@@ -1,14 +1,13 @@
 """What `hyphal status` shows: each replica's processes, health, identity, certificate and ACKed config.
 
 Sources: mesh.json (pids, states, restarts, exit codes, written by the supervisor), each
-sidecar's admin port (`/ready`, `/config_dump`, `/certs`), and the control plane's
+sidecar's admin port (`/ready`, `/config_dump`), and the control plane's
 `/api/v1/status`. Every remote read is best-effort: a part that does not answer shows as
 such instead of failing the whole report.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -77,40 +76,6 @@ def config_dump(admin_port: int, timeout: float = 2.0) -> dict[str, Any]:
     return dump
 
 
-def cert_expiry(admin_port: int, dump: dict[str, Any] | None) -> str | None:
-    """The workload certificate's expiry (ISO 8601 UTC), from `/certs` or the config dump."""
-    try:
-        certs = get_json(f"http://127.0.0.1:{admin_port}/certs", timeout=1.0)
-    except (HttpError, ValueError):
-        certs = None
-    found = _find_expiry(certs) or _find_expiry(dump)
-    return found
-
-
-_EXPIRY_KEYS = ("expiration_time", "expirationTime", "not_after", "notAfter", "expires_at")
-
-
-def _find_expiry(obj: Any) -> str | None:
-    """The first expiry-looking field anywhere in a JSON document."""
-    if isinstance(obj, dict):
-        for k in _EXPIRY_KEYS:
-            v = obj.get(k)
-            if isinstance(v, (int, float)):
-                return dt.datetime.fromtimestamp(v, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            if isinstance(v, str) and v:
-                return v
-        for v in obj.values():
-            found = _find_expiry(v)
-            if found:
-                return found
-    elif isinstance(obj, list):
-        for v in obj:
-            found = _find_expiry(v)
-            if found:
-                return found
-    return None
-
-
 def replica_view(state: MeshState, r: dict[str, Any]) -> ReplicaView:
     key = r["key"]
     sidecar = _proc(state.process(f"{key}/sidecar"))
@@ -125,7 +90,7 @@ def replica_view(state: MeshState, r: dict[str, Any]) -> ReplicaView:
     return ReplicaView(
         workload=r["workload"], namespace=r["namespace"], replica=int(r["replica"]),
         identity=r["identity"], app=_proc(state.process(f"{key}/app")), sidecar=sidecar,
-        ready=ready, cert_expiry=cert_expiry(admin, dump) if sidecar.alive else None,
+        ready=ready, cert_expiry=configdump.cert_expiry(dump) if dump else None,
         config_versions=configdump.versions(dump) if dump else {},
     )
 
