@@ -20,6 +20,7 @@ from hyphal.proxy.admin import AdminServer, AdminSources, config_dump
 from hyphal.proxy.bootstrap import Bootstrap
 from hyphal.proxy.certs import CertManager
 from hyphal.proxy.compile import Compiler, NodeContext, Snapshot
+from hyphal.proxy.dataplane import DataPlane, ListenerBindError
 from hyphal.proxy.runtime.holder import ConfigHolder
 from hyphal.proxy.transport.tls import TlsMaterial
 from hyphal.proxy.xds_client import XdsClient, build_node
@@ -44,26 +45,13 @@ class _Parts:
     access_log: AccessLog
     xds: XdsClient[Snapshot]
     admin: AdminServer
-    data_plane: Any
+    data_plane: DataPlane
 
 
-def _start_data_plane(
-    bootstrap: Bootstrap, holder: ConfigHolder, tls: TlsMaterial, stats: Stats, log_: AccessLog
-) -> Any:
-    """The data plane engineer's `DataPlane`, when it is present (seam: see the report)."""
-    try:
-        from hyphal.proxy.dataplane import DataPlane  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError as exc:
-        if exc.name != "hyphal.proxy.dataplane":
-            raise
-        log.warning("hyphal.proxy.dataplane is not available: listeners will not be bound")
-        return None
-    return DataPlane(holder=holder, tls=tls, stats=stats, access_log=log_)
-
-
-async def _maybe_await(value: Any) -> None:
-    if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
-        await value
+def _make_data_plane(
+    holder: ConfigHolder, tls: TlsMaterial, stats: Stats, access_log: AccessLog
+) -> DataPlane:
+    return DataPlane(holder, tls, access_log, stats)
 
 
 class Sidecar:
@@ -80,6 +68,7 @@ class Sidecar:
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshot: Snapshot | None = None
         self.parts: _Parts | None = None
+        self.apply_error = ""
 
     # -- lifecycle
 
@@ -113,11 +102,9 @@ class Sidecar:
             warming_timeout=self._warming_timeout,
         )
         admin = AdminServer(self._admin_sources(), port=b.admin_port)
-        data_plane = _start_data_plane(b, holder, tls, stats, access_log)
+        data_plane = _make_data_plane(holder, tls, stats, access_log)
         self.parts = _Parts(certs, tls, holder, stats, access_log, xds, admin, data_plane)
         certs.on_rotate(self._rotated_handler(tls, xds))
-        if data_plane is not None:
-            await _maybe_await(data_plane.start())
         self._tasks.append(asyncio.create_task(xds.run(), name="xds"))
         self._tasks.append(asyncio.create_task(certs.run(self._stop), name="certs"))
         try:
@@ -142,11 +129,18 @@ class Sidecar:
         last_chain[0] = self.parts.certs.bundle.chain_pem if self.parts else b""
         return on_rotate
 
-    def _apply(self, snapshot: Snapshot) -> None:
+    async def _apply(self, snapshot: Snapshot) -> None:
         assert self.parts is not None
         if snapshot.trust_bundle_pem:
             self.parts.certs.set_trust_bundle(snapshot.trust_bundle_pem)  # roots before users
-        self.parts.holder.swap(snapshot.config)
+        try:
+            # Binds new listeners first, then swaps the holder (make-before-break).
+            await self.parts.data_plane.apply(snapshot.config)
+        except ListenerBindError as exc:
+            self.apply_error = f"config {snapshot.config.version} not applied: {exc}"
+            log.error("%s", self.apply_error)
+            return
+        self.apply_error = ""
         self._snapshot = snapshot
         log.info(
             "applied config %s (%d listeners, %d clusters)",
@@ -165,16 +159,11 @@ class Sidecar:
         p = self.parts
         if p is None:
             return
-        if p.data_plane is not None:
-            drain = getattr(p.data_plane, "drain", None)
-            if drain is not None:
-                try:
-                    await asyncio.wait_for(
-                        _maybe_await(drain(self._drain_seconds)), self._drain_seconds + 1
-                    )
-                except TimeoutError:
-                    log.warning("drain did not finish in %.1fs", self._drain_seconds)
-            await _maybe_await(p.data_plane.close())
+        try:
+            await asyncio.wait_for(p.data_plane.drain(self._drain_seconds), self._drain_seconds + 1)
+        except TimeoutError:
+            log.warning("drain did not finish in %.1fs", self._drain_seconds)
+        await p.data_plane.close()
         p.xds.stop()
         for t in self._tasks:
             try:
@@ -195,7 +184,7 @@ class Sidecar:
             return False, "draining"
         if p is None or not p.certs.ready:
             return False, "no workload certificate yet"
-        if not p.xds.has_config:
+        if self._snapshot is None:
             missing = p.xds.status().warming
             why = "no config from the control plane yet"
             return False, why + (f" (waiting for {', '.join(missing)})" if missing else "")
@@ -209,6 +198,7 @@ class Sidecar:
         doc = config_dump(p.xds.status(), snap.config if snap else None, p.certs.info(), roots)
         doc["node"] = {"id": self.bootstrap.node.id, "identity": self.bootstrap.spiffe_id}
         doc["xds"]["last_error"] = p.xds.last_error
+        doc["apply_error"] = self.apply_error
         return doc
 
     def _stats(self) -> str:

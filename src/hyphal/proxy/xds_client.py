@@ -27,7 +27,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -321,7 +321,7 @@ class XdsClient(Generic[C]):
         target: str,
         node: base_pb2.Node,
         compiler: Compiler[C],
-        on_config: Callable[[C], None],
+        on_config: Callable[[C], Awaitable[None] | None],
         *,
         credentials: Callable[[], TlsCredentials | None] = lambda: None,
         backoff_initial: float = 0.2,
@@ -339,6 +339,7 @@ class XdsClient(Generic[C]):
         self._applied = 0
         self._applied_at = 0.0
         self._reconnect = asyncio.Event()
+        self._deliberate = False
         self._stopping = False
         self._first_config = asyncio.Event()
         self._warm_task: asyncio.Task[None] | None = None
@@ -383,6 +384,10 @@ class XdsClient(Generic[C]):
                 got_response = await self._one_stream()
                 if self._stopping:
                     break
+                if self._deliberate:  # asked for (new certificate): no backoff
+                    self._deliberate = False
+                    delay = self._backoff_initial
+                    continue
                 if got_response:
                     delay = self._backoff_initial
                 sleep = random.uniform(delay / 2, delay)  # jittered, capped exponential
@@ -398,8 +403,10 @@ class XdsClient(Generic[C]):
 
     # -- internals
 
-    def _apply(self, config: C) -> None:
-        self._on_config(config)
+    async def _apply(self, config: C) -> None:
+        result = self._on_config(config)
+        if result is not None:
+            await result
         self._applied += 1
         self._applied_at = time.time()
         self._first_config.set()
@@ -422,7 +429,7 @@ class XdsClient(Generic[C]):
                 self._warming_timeout,
                 ", ".join(missing),
             )
-            self._apply(config)
+            await self._apply(config)
 
     async def _one_stream(self) -> bool:
         """Run one stream to its end; True if at least one response arrived."""
@@ -449,6 +456,7 @@ class XdsClient(Generic[C]):
                 if read not in done:
                     read.cancel()
                     log.info("closing the ADS stream to reconnect")
+                    self._deliberate = True
                     return got
                 resp = read.result()
                 if resp is grpc.aio.EOF:
@@ -463,7 +471,7 @@ class XdsClient(Generic[C]):
                 for req in out.requests:
                     await call.write(req)
                 if out.config is not None:
-                    self._apply(out.config)
+                    await self._apply(out.config)
                 else:
                     self._arm_warming()
         except grpc.aio.AioRpcError as exc:
