@@ -39,15 +39,18 @@ def make_csrs(n: int) -> list[bytes]:
     return [make_csr(generate_key(), SID) for _ in range(n)]
 
 
-def bench_in_process(ca: CertificateAuthority, csrs: list[bytes], seconds: float) -> float:
+def bench_in_process(
+    ca: CertificateAuthority, csrs: list[bytes], seconds: float
+) -> tuple[float, float]:
+    """(signatures per wall second, per CPU second); the second is robust to a busy machine."""
     for csr in csrs[:20]:  # warm up
         ca.sign_csr(csr, SID, TTL)
-    done, start = 0, time.perf_counter()
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
     deadline = start + seconds
     while time.perf_counter() < deadline and done < MAX_CALLS:
         ca.sign_csr(csrs[done % len(csrs)], SID, TTL)
         done += 1
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), done / (time.process_time() - cpu)
 
 
 def serve(state: str, kind: str, conn: Connection) -> None:
@@ -122,8 +125,9 @@ def main() -> None:
         ca = CertificateAuthority.load_or_create(state, "cluster.local")
         tokens = TokenIssuer.load_or_create(state)
         csrs = make_csrs(64)
-        rate = bench_in_process(ca, csrs, args.seconds)
-        print(f"in-process sign_csr: {rate:,.0f} signatures/s ({1e6 / rate:.0f} us each)")
+        rate, cpu_rate = bench_in_process(ca, csrs, args.seconds)
+        print(f"in-process sign_csr: {rate:,.0f} signatures/s wall, {cpu_rate:,.0f} per "
+              f"CPU-second ({1e6 / cpu_rate:.0f} us of CPU each)")  # fmt: skip
 
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
