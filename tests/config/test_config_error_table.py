@@ -444,6 +444,57 @@ CASES: list[tuple[str, str, str, list[str]]] = [
             ),
         ],
     ),
+    (
+        "env-value-from",
+        "shop/w.yaml",
+        (
+            "apiVersion: hyphal.dev/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: shop}\n"
+            "spec: {env: [{name: A, valueFrom: {fieldRef: x}}]}\n"
+        ),
+        [
+            (
+                "shop/w.yaml#1: spec.env: item [0] must be {name: ..., value: ...} "
+                "(valueFrom is not supported)"
+            )
+        ],
+    ),
+    (
+        "service-entry-tls-protocol",
+        "db.yaml",
+        (
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db}\n"
+            "spec: {hosts: [db.example.com], ports: [{number: 5432, protocol: TLS}]}\n"
+        ),
+        [
+            (
+                "db.yaml#1: spec.ports[0].protocol: TLS is not supported by hyphal (supported: HTTP, "
+                "HTTP2, GRPC, TCP); use TCP for opaque traffic"
+            )
+        ],
+    ),
+    (
+        "lb-simple-and-hash",
+        "shop/cart-dr.yaml",
+        DR + "  host: cart\n  trafficPolicy:\n    loadBalancer:\n      simple: RANDOM\n"
+        "      consistentHash: {useSourceIp: true}\n",
+        [
+            (
+                "shop/cart-dr.yaml#1: spec.trafficPolicy.loadBalancer: set only one of simple, "
+                "consistentHash (got simple, consistentHash)"
+            )
+        ],
+    ),
+    (
+        "export-to-namespace",
+        "shop/cart-dr.yaml",
+        DR + "  host: cart\n  exportTo: [.]\n",
+        [
+            (
+                "shop/cart-dr.yaml#1: spec.exportTo: exportTo '.' is not supported by hyphal: every "
+                'resource is visible mesh-wide; write ["*"] or leave exportTo out'
+            )
+        ],
+    ),
 ]
 
 

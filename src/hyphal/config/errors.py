@@ -154,11 +154,14 @@ def from_validation_error(
             reason = _unsupported(model, loc)
         elif kind == "literal_error":
             expected = str(err.get("ctx", {}).get("expected", ""))
-            reason = f"must be {expected}"
+            reason = "must be true" if expected == "True" else f"must be {expected}"
         elif kind in _TYPE_REASONS:
             reason = _TYPE_REASONS[kind]
         else:
             reason = str(err["msg"]).removeprefix("Value error, ")
+        if loc and loc[-1] == "[key]":
+            loc = loc[:-1]
+            reason = f"key {reason}"
         path = format_path([*prefix, *loc])
         e = ConfigError(source, document, path, reason)
         if e not in out:

@@ -45,7 +45,8 @@ __all__ = [
 
 def fail(reason: str) -> PydanticCustomError:
     """An error whose text reaches the user as is (after `file#doc: path:`)."""
-    return PydanticCustomError("hyphal", reason.replace("{", "{{").replace("}", "}}"))
+    # No context is passed, so pydantic leaves braces in `reason` as they are.
+    return PydanticCustomError("hyphal", reason)
 
 
 class Model(BaseModel):
