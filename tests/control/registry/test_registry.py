@@ -32,8 +32,20 @@ def node(node_id: str, labels: dict[str, str], ns: str = "shop", **extra: object
         "PROXY_MODE": "sidecar",
         "OUTBOUND_HTTP_PORT": 21000.0,  # Struct numbers arrive as floats
         "PORTS": [
-            {"name": "web", "port": 8000.0, "protocol": "http", "app_port": 21001, "inbound_port": 21002},
-            {"name": "grpc", "port": 9090, "protocol": "GRPC", "app_port": 21003, "inbound_port": 21004},
+            {
+                "name": "web",
+                "port": 8000.0,
+                "protocol": "http",
+                "app_port": 21001,
+                "inbound_port": 21002,
+            },
+            {
+                "name": "grpc",
+                "port": 9090,
+                "protocol": "GRPC",
+                "app_port": 21003,
+                "inbound_port": 21004,
+            },
         ],
     }
     md.update(extra)

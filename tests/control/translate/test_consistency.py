@@ -17,23 +17,44 @@ NSS = ["n1", "n2"]
 @st.composite
 def meshes(draw: st.DrawFn) -> str:
     docs: list[str] = []
-    services = draw(st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(NSS)), min_size=1, max_size=4, unique=True))
+    services = draw(
+        st.lists(
+            st.tuples(st.sampled_from(NAMES), st.sampled_from(NSS)),
+            min_size=1,
+            max_size=4,
+            unique=True,
+        )
+    )
     for name, ns in services:
         proto = draw(st.sampled_from(["HTTP", "GRPC", "TCP"]))
-        docs.append(f"apiVersion: hyphal.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n"
-                    f"spec: {{selector: {{app: {name}}}, ports: [{{name: p, port: 8080, protocol: {proto}}}]}}")
+        docs.append(
+            f"apiVersion: hyphal.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n"
+            f"spec: {{selector: {{app: {name}}}, ports: [{{name: p, port: 8080, protocol: {proto}}}]}}"
+        )
         if draw(st.booleans()):
-            lb = draw(st.sampled_from(["{simple: RANDOM}", "{consistentHash: {useSourceIp: true, maglev: {}}}", "{simple: PEAK_EWMA}"]))
-            docs.append(f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\n"
-                        f"spec: {{host: {name}, trafficPolicy: {{loadBalancer: {lb}}}, subsets: [{{name: v1, labels: {{v: '1'}}}}]}}")
+            lb = draw(
+                st.sampled_from(
+                    [
+                        "{simple: RANDOM}",
+                        "{consistentHash: {useSourceIp: true, maglev: {}}}",
+                        "{simple: PEAK_EWMA}",
+                    ]
+                )
+            )
+            docs.append(
+                f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\n"
+                f"spec: {{host: {name}, trafficPolicy: {{loadBalancer: {lb}}}, subsets: [{{name: v1, labels: {{v: '1'}}}}]}}"
+            )
         if draw(st.booleans()):
             target = draw(st.sampled_from(NAMES))
             subset = draw(st.sampled_from(["", "v1", "zz"]))
             sub = f", subset: {subset}" if subset else ""
-            export = draw(st.sampled_from(['["*"]', '["."]']))
-            docs.append(f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}}}\n"
-                        f"spec: {{hosts: [{name}], exportTo: {export}, http: [{{match: [{{uri: {{prefix: /x}}}}], route: [{{destination: {{host: {target}{sub}}}, weight: 60}}, {{destination: {{host: {name}}}, weight: 40}}], "
-                        f"mirror: {{host: {target}}}, fault: {{abort: {{httpStatus: 500, percentage: {{value: 1}}}}}}}}]}}")
+            export = draw(st.sampled_from(['["*"]', "[]"]))
+            docs.append(
+                f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}}}\n"
+                f"spec: {{hosts: [{name}], exportTo: {export}, http: [{{match: [{{uri: {{prefix: /x}}}}], route: [{{destination: {{host: {target}{sub}}}, weight: 60}}, {{destination: {{host: {name}}}, weight: 40}}], "
+                f"mirror: {{host: {target}}}, fault: {{abort: {{httpStatus: 500, percentage: {{value: 1}}}}}}}}]}}"
+            )
     return "\n---\n".join(docs)
 
 
@@ -42,7 +63,9 @@ def meshes(draw: st.DrawFn) -> str:
 def test_snapshots_are_consistent(text: str, ns: str, is_sidecar: bool) -> None:
     rs = load(text)
     node = (
-        sidecar("w", ns, {"app": "a", "v": "1"}, "w", upstream={f"a.{ns}.svc.cluster.local:8080": 30000})
+        sidecar(
+            "w", ns, {"app": "a", "v": "1"}, "w", upstream={f"a.{ns}.svc.cluster.local:8080": 30000}
+        )
         if is_sidecar
         else proxyless(ns)
     )
@@ -57,11 +80,16 @@ def test_snapshots_are_consistent(text: str, ns: str, is_sidecar: bool) -> None:
 
 
 def test_check_consistency_reports_dangling_names() -> None:
-    rs = load("apiVersion: hyphal.dev/v1alpha1\nkind: Service\nmetadata: {name: a, namespace: n1}\n"
-              "spec: {selector: {app: a}, ports: [{name: p, port: 8080}]}")
+    rs = load(
+        "apiVersion: hyphal.dev/v1alpha1\nkind: Service\nmetadata: {name: a, namespace: n1}\n"
+        "spec: {selector: {app: a}, ports: [{name: p, port: 8080}]}"
+    )
     out = run(rs, proxyless("n1"))
     del out[naming.CLUSTER_TYPE]["outbound|8080||a.n1.svc.cluster.local"]
     del out[naming.ROUTE_TYPE]["a.n1.svc.cluster.local:8080"]
     problems = check_consistency(out)
     assert any("rds 'a.n1.svc.cluster.local:8080' is not sent" in p for p in problems)
-    assert any("ClusterLoadAssignment outbound|8080||a.n1.svc.cluster.local: no such cluster" in p for p in problems)
+    assert any(
+        "ClusterLoadAssignment outbound|8080||a.n1.svc.cluster.local: no such cluster" in p
+        for p in problems
+    )

@@ -51,8 +51,22 @@ def test_connected_sidecars_become_endpoints_until_their_last_stream_closes() ->
     src = MeshSnapshotSource(load(SHOP), ca_bundle=CA)
     calls: list[int] = []
     src.add_listener(lambda: calls.append(1))
-    product = sidecar("product-v1", "shop", {"app": "product"}, "product", base=22000,
-                      ports=[{"name": "web", "port": 9080, "protocol": "HTTP", "app_port": 22001, "inbound_port": 22002}])
+    product = sidecar(
+        "product-v1",
+        "shop",
+        {"app": "product"},
+        "product",
+        base=22000,
+        ports=[
+            {
+                "name": "web",
+                "port": 9080,
+                "protocol": "HTTP",
+                "app_port": 22001,
+                "inbound_port": 22002,
+            }
+        ],
+    )
     client = proxyless()
 
     def endpoints() -> int:

@@ -31,10 +31,26 @@ spec:
 """
 
 FQDN = "product.shop.svc.cluster.local"
-P1 = sidecar("product-v1", "shop", {"app": "product", "version": "v1"}, "product", base=21010,
-             ports=[{"name": "web", "port": 9080, "protocol": "HTTP", "app_port": 21011, "inbound_port": 21012}])
-P2 = sidecar("product-v2", "shop", {"app": "product", "version": "v2"}, "product-v2", base=21020,
-             ports=[{"name": "web", "port": 9080, "protocol": "HTTP", "app_port": 21021, "inbound_port": 21022}])
+P1 = sidecar(
+    "product-v1",
+    "shop",
+    {"app": "product", "version": "v1"},
+    "product",
+    base=21010,
+    ports=[
+        {"name": "web", "port": 9080, "protocol": "HTTP", "app_port": 21011, "inbound_port": 21012}
+    ],
+)
+P2 = sidecar(
+    "product-v2",
+    "shop",
+    {"app": "product", "version": "v2"},
+    "product-v2",
+    base=21020,
+    ports=[
+        {"name": "web", "port": 9080, "protocol": "HTTP", "app_port": 21021, "inbound_port": 21022}
+    ],
+)
 FRONT = sidecar("frontend", "shop", {"app": "frontend"}, "frontend", base=21000)
 
 
@@ -78,18 +94,31 @@ def test_default_route_with_istio_default_retries() -> None:
     assert route.route.cluster == "outbound|8080||frontend.shop.svc.cluster.local"
     rp = route.route.retry_policy
     assert rp.num_retries.value == 2
-    assert rp.retry_on == "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+    assert (
+        rp.retry_on == "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+    )
     assert list(rp.retriable_status_codes) == [503]
 
 
 def test_virtual_host_domains_follow_the_conventions() -> None:
     out = run(load(SHOP), FRONT)
-    vh = next(v for v in out[naming.ROUTE_TYPE]["outbound_http"].virtual_hosts if v.name == f"{FQDN}:8080")
+    vh = next(
+        v for v in out[naming.ROUTE_TYPE]["outbound_http"].virtual_hosts if v.name == f"{FQDN}:8080"
+    )
     assert list(vh.domains) == [
-        "product", "product:8080", "product.shop", "product.shop:8080", FQDN, f"{FQDN}:8080"
+        "product",
+        "product:8080",
+        "product.shop",
+        "product.shop:8080",
+        FQDN,
+        f"{FQDN}:8080",
     ]
     other_ns = run(load(SHOP), sidecar("x", "other", {"app": "x"}, "x"))
-    vh = next(v for v in other_ns[naming.ROUTE_TYPE]["outbound_http"].virtual_hosts if v.name == f"{FQDN}:8080")
+    vh = next(
+        v
+        for v in other_ns[naming.ROUTE_TYPE]["outbound_http"].virtual_hosts
+        if v.name == f"{FQDN}:8080"
+    )
     assert "product" not in vh.domains and "product.shop" in vh.domains
 
 
@@ -113,7 +142,9 @@ def test_upstream_tls_sans_come_from_registry_and_workloads() -> None:
     assert c.transport_socket.name == "envoy.transport_sockets.tls"
     ctx = unpack(c.transport_socket.typed_config, tls_pb2.UpstreamTlsContext)
     assert ctx.sni == f"outbound|8080||{FQDN}"
-    assert [s.name for s in ctx.common_tls_context.tls_certificate_sds_secret_configs] == ["default"]
+    assert [s.name for s in ctx.common_tls_context.tls_certificate_sds_secret_configs] == [
+        "default"
+    ]
     cvc = ctx.common_tls_context.combined_validation_context
     assert cvc.validation_context_sds_secret_config.name == "ROOTCA"
     sans = [m.matcher.exact for m in cvc.default_validation_context.match_typed_subject_alt_names]

@@ -106,7 +106,9 @@ def run(rs: ResourceSet, node: ProxyNode, *nodes: ProxyNode) -> dict[str, dict[s
     return translate(rs, registry_for(rs, *nodes), node, CA, "cluster.local")
 
 
-def routes_of(out: dict[str, dict[str, Any]], vhost: str, rc: str = naming.OUTBOUND_HTTP) -> list[Any]:
+def routes_of(
+    out: dict[str, dict[str, Any]], vhost: str, rc: str = naming.OUTBOUND_HTTP
+) -> list[Any]:
     config = out[naming.ROUTE_TYPE][rc]
     for vh in config.virtual_hosts:
         if vh.name == vhost:

@@ -154,13 +154,16 @@ def build_cluster(
 ) -> Message:
     """An EDS cluster over ADS. `tls_sans` not None -> mTLS to a mesh destination with those SANs.
 
-    Proxyless gRPC clients NACK MAGLEV, so it falls back to RING_HASH for them.
+    Proxyless gRPC clients accept only ROUND_ROBIN and RING_HASH: MAGLEV falls back to
+    RING_HASH, the rest to ROUND_ROBIN.
     """
     policy = params.lb.policy
     if policy not in LB_POLICIES:
         raise ValueError(f"cluster {name}: unknown load balancer {policy!r} (one of {LB_POLICIES})")
     if proxyless and policy == "MAGLEV":
         policy = "RING_HASH"
+    elif proxyless and policy != "RING_HASH":
+        policy = "ROUND_ROBIN"  # grpcio NACKs every other lb_policy enum value
     hyphal_md: dict[str, object] = {}
     if policy == "PEAK_EWMA":
         hyphal_md["lb"] = "PEAK_EWMA"

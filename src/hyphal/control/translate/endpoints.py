@@ -52,11 +52,13 @@ def build_cla(
 ) -> Message:
     """The CLA for `cluster_name`: endpoints matching `subset_labels`, with an empty locality.
 
-    grpcio NACKs a group with no locality and drops zero weights, so both are always set.
+    grpcio NACKs a group with no locality and drops zero weights (locality and endpoint),
+    so all are always set.
     """
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
     group = cla.endpoints.add()
     group.locality.SetInParent()
+    group.load_balancing_weight.value = 1  # grpcio drops zero-weight localities
     for ep in endpoints:
         if subset_labels and not ep.matches(subset_labels):
             continue
