@@ -200,7 +200,7 @@ async def test_good_snapshot_is_applied_once_and_acked(env: Any) -> None:
     }
     eds = [r for r in fake.requests if r.type_url == ENDPOINT]
     assert list(eds[0].resource_names) == [P.OUT]
-    assert list([r for r in fake.requests if r.type_url == SECRET][0].resource_names) == ["ROOTCA"]
+    assert list(next(r for r in fake.requests if r.type_url == SECRET).resource_names) == ["ROOTCA"]
     for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET):
         ack = acks(fake, t)[-1]
         assert ack.version_info == "1" and not ack.HasField("error_detail")
