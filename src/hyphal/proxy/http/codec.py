@@ -12,7 +12,7 @@ adds size limits, version checks and Host rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import httptools
 
@@ -75,7 +75,7 @@ class ParseError:
     detail: str
 
 
-Event = Union[RequestHead, ResponseHead, Body, MessageEnd, Upgrade, ParseError]
+Event = RequestHead | ResponseHead | Body | MessageEnd | Upgrade | ParseError
 
 
 class _Limit(Exception):
@@ -86,8 +86,17 @@ class _Limit(Exception):
 
 
 class _Reader:
-    __slots__ = ("_parser", "_events", "_headers", "_header_bytes", "_failed",
-                 "limits", "_chunked", "_content_length", "_url")
+    __slots__ = (
+        "_chunked",
+        "_content_length",
+        "_events",
+        "_failed",
+        "_header_bytes",
+        "_headers",
+        "_parser",
+        "_url",
+        "limits",
+    )
 
     _parser: Any
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from hyphal.proxy.http.codec import (
     Body,
@@ -45,6 +46,63 @@ class UpstreamSink(Protocol):
 
 
 PoolKey = tuple[str, int, str | None, frozenset[str]]
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+async def open_endpoint(
+    factory: Callable[[], P],
+    endpoint: EndpointSpec,
+    cluster: ClusterSpec,
+    tls: TlsMaterial | None,
+    timeout_s: float,
+) -> tuple[asyncio.Transport, P, str | None]:
+    """Connect (over mTLS when the cluster says so) and check the peer's SPIFFE id against
+    the cluster's expected SANs. Returns (transport, protocol, peer identity).
+    Raises ConnectFailure with reason upstream_connect_failure, upstream_tls_failure or
+    upstream_identity_mismatch."""
+    loop = asyncio.get_running_loop()
+    ssl_ctx: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    if cluster.tls is not None:
+        if tls is None:
+            raise ConnectFailure("upstream_tls_failure",
+                                 f"cluster {cluster.name}: mTLS required but no certificate yet")
+        ssl_ctx = tls.client_context
+        server_hostname = cluster.tls.sni or None
+    try:
+        async with asyncio.timeout(timeout_s):
+            try:
+                transport, proto = await loop.create_connection(
+                    factory, endpoint.host, endpoint.port, ssl=ssl_ctx,
+                    server_hostname=server_hostname)
+            except (UnicodeError, ValueError):
+                # An SNI that is not a valid host name (Envoy allows them): send none.
+                transport, proto = await loop.create_connection(
+                    factory, endpoint.host, endpoint.port, ssl=ssl_ctx, server_hostname="")
+    except TimeoutError:
+        raise ConnectFailure(
+            "upstream_connect_failure",
+            f"connect to {endpoint.address} timed out after {timeout_s:.3g}s") from None
+    except ssl.SSLError as exc:
+        raise ConnectFailure(
+            "upstream_tls_failure",
+            f"TLS handshake with {endpoint.address} failed: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise ConnectFailure(
+            "upstream_connect_failure",
+            f"connect to {endpoint.address} failed: {exc.strerror or exc}") from None
+    peer: str | None = None
+    if cluster.tls is not None:
+        peer = spiffe_id(transport.get_extra_info("peercert"))
+        expected = cluster.tls.expected_sans
+        if expected and peer not in expected:
+            transport.abort()
+            raise ConnectFailure(
+                "upstream_identity_mismatch",
+                f"{endpoint.address} presented identity {peer or 'none'}; cluster "
+                f"{cluster.name} expects one of {sorted(expected)}")
+    assert isinstance(transport, asyncio.Transport)
+    return transport, proto, peer
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -179,46 +237,10 @@ class ConnectionPool:
 
     async def _connect(self, endpoint: EndpointSpec, cluster: ClusterSpec, key: PoolKey,
                        timeout_s: float) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        ssl_ctx: ssl.SSLContext | None = None
-        server_hostname: str | None = None
-        if cluster.tls is not None:
-            if self.tls is None:
-                raise ConnectFailure("upstream_tls_failure",
-                                     f"cluster {cluster.name}: mTLS required but no certificate yet")
-            ssl_ctx = self.tls.client_context
-            server_hostname = cluster.tls.sni or None
-        try:
-            async with asyncio.timeout(timeout_s):
-                try:
-                    transport, conn = await loop.create_connection(
-                        lambda: UpstreamConnection(self, key, cluster.name),
-                        endpoint.host, endpoint.port, ssl=ssl_ctx,
-                        server_hostname=server_hostname)
-                except (UnicodeError, ValueError):
-                    # An SNI that is not a valid host name (Envoy allows them): send none.
-                    transport, conn = await loop.create_connection(
-                        lambda: UpstreamConnection(self, key, cluster.name),
-                        endpoint.host, endpoint.port, ssl=ssl_ctx, server_hostname="")
-        except TimeoutError:
-            raise ConnectFailure("upstream_connect_failure",
-                                 f"connect to {endpoint.address} timed out after {timeout_s}s") from None
-        except ssl.SSLError as exc:
-            raise ConnectFailure("upstream_tls_failure",
-                                 f"TLS handshake with {endpoint.address} failed: {exc.reason or exc}") from None
-        except OSError as exc:
-            raise ConnectFailure("upstream_connect_failure",
-                                 f"connect to {endpoint.address} failed: {exc.strerror or exc}") from None
-        if cluster.tls is not None:
-            peer = spiffe_id(transport.get_extra_info("peercert"))
-            conn.peer_identity = peer
-            expected = cluster.tls.expected_sans
-            if expected and peer not in expected:
-                conn.abort()
-                raise ConnectFailure(
-                    "upstream_identity_mismatch",
-                    f"{endpoint.address} presented identity {peer or 'none'}; cluster "
-                    f"{cluster.name} expects one of {sorted(expected)}")
+        transport, conn, peer = await open_endpoint(
+            lambda: UpstreamConnection(self, key, cluster.name), endpoint, cluster, self.tls,
+            timeout_s)
+        conn.peer_identity = peer
         self._all.add(conn)
         return conn
 

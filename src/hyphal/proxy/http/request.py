@@ -1,0 +1,116 @@
+"""Building what goes upstream for one request (pure): the rewritten head, hash keys, redirects."""
+
+from __future__ import annotations
+
+from hyphal.proxy.http.codec import RequestHead
+from hyphal.proxy.http.headers import (
+    Headers,
+    apply_transforms,
+    new_request_id,
+    request_head,
+    strip_hop_by_hop,
+    xfcc_value,
+)
+from hyphal.proxy.router import Target, rewrite_path
+from hyphal.proxy.runtime.matchers import parse_query
+from hyphal.proxy.runtime.tables import RedirectAction, Route, VirtualHost, WeightedCluster
+
+
+def upstream_request_head(
+    head: RequestHead,
+    target: Target,
+    vhost: VirtualHost,
+    route: Route,
+    picked: WeightedCluster,
+    *,
+    peer_ip: str,
+    peer_identity: str | None,
+    own_identity: str,
+    inbound: bool,
+    downstream_tls: bool,
+) -> tuple[bytes, bytes]:
+    """Returns (x-request-id, the origin-form request head to send upstream).
+
+    Hop-by-hop headers go; Host is the target's authority (or the route's host_rewrite);
+    Expect is answered by the proxy; a client's XFCC and x-forwarded-proto are replaced;
+    x-forwarded-for gets the peer appended; header transforms run cluster, route, vhost.
+    """
+    authority = route.host_rewrite or target.authority
+    out: Headers = [(b"Host", authority.encode("latin-1"))]
+    xff: bytes | None = None
+    request_id: bytes | None = None
+    for name, value in strip_hop_by_hop(head.headers, keep_upgrade=head.upgrade):
+        lower = name.lower()
+        if lower in (b"host", b"expect", b"x-forwarded-proto", b"x-forwarded-client-cert"):
+            continue
+        if lower == b"x-forwarded-for":
+            xff = value
+            continue
+        if lower == b"x-request-id":
+            request_id = value
+        out.append((name, value))
+    if request_id is None:
+        request_id = new_request_id()
+        out.append((b"x-request-id", request_id))
+    ip = peer_ip.encode()
+    out.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
+    out.append((b"x-forwarded-proto", b"https" if downstream_tls else b"http"))
+    if inbound and peer_identity:
+        out.append((b"x-forwarded-client-cert", xfcc_value(own_identity, peer_identity)))
+    for remove, add in ((picked.request_headers_to_remove, picked.request_headers_to_add),
+                        (route.request_headers_to_remove, route.request_headers_to_add),
+                        (vhost.request_headers_to_remove, vhost.request_headers_to_add)):
+        if remove or add:
+            out = apply_transforms(out, remove, add)
+    if head.upgrade:
+        out.append((b"Connection", b"Upgrade"))
+    if head.chunked:
+        out.append((b"Transfer-Encoding", b"chunked"))
+    elif head.content_length is not None:
+        out.append((b"Content-Length", str(head.content_length).encode()))
+    if route.prefix_rewrite is not None or route.regex_rewrite is not None:
+        path = rewrite_path(route, target)
+    else:
+        path = target.origin
+    return request_id, request_head(head.method, path.encode("latin-1"), out)
+
+
+def hash_key_for(route: Route, target: Target, headers: Headers, peer_ip: str) -> bytes | None:
+    """The first non-empty term of the route's hash policy (for ring hash / maglev)."""
+    for policy in route.hash_policy:
+        if policy.header:
+            wanted = policy.header.lower().encode("latin-1")
+            for name, value in headers:
+                if name.lower() == wanted:
+                    return value
+        if policy.source_ip:
+            return peer_ip.encode()
+        if policy.query_parameter:
+            param = parse_query(target.query).get(policy.query_parameter)
+            if param is not None:
+                return param.encode()
+        if policy.cookie:
+            wanted = policy.cookie.encode("latin-1")
+            for name, raw in headers:
+                if name.lower() == b"cookie":
+                    for part in raw.split(b";"):
+                        key, _, val = part.strip().partition(b"=")
+                        if key == wanted:
+                            return val
+    return None
+
+
+def redirect_location(action: RedirectAction, route: Route, target: Target) -> bytes:
+    scheme = action.scheme or "http"
+    if action.host is not None:
+        host = action.host if action.port is None else f"{action.host}:{action.port}"
+    elif action.port is not None:
+        host = f"{target.authority.rsplit(':', 1)[0]}:{action.port}"
+    else:
+        host = target.authority
+    path = action.path or target.path
+    if action.prefix_rewrite is not None:
+        path = action.prefix_rewrite + target.path[len(route.match.path.value):]
+    if target.query and not action.strip_query:
+        path = f"{path}?{target.query}"
+    return f"{scheme}://{host}{path}".encode("latin-1")

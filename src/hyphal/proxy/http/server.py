@@ -1,0 +1,256 @@
+"""Downstream HTTP/1.1 connection (asyncio Protocol): parsing, pipelining, timers, flow control.
+
+Requests are answered strictly in order: the exchange at the head of the queue runs; later
+pipelined requests wait with their (bounded) bodies. Reading pauses for three reasons
+(pipeline depth, body buffer before an upstream exists, upstream write buffer full) and
+resumes when none is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+from hyphal.proxy.http.codec import Body, MessageEnd, ParseError, RequestHead, RequestReader, Upgrade
+from hyphal.proxy.http.context import ListenerContext
+from hyphal.proxy.http.exchange import Exchange
+from hyphal.proxy.http.headers import local_response
+from hyphal.proxy.transport.tls import spiffe_id
+
+_PIPELINE_DEPTH = 8
+_REASON_FLAGS = {400: "bad_request", 408: "request_timeout", 414: "uri_too_long",
+                 417: "expectation_failed", 431: "request_headers_too_large",
+                 505: "http_version_not_supported"}
+
+_IDLE, _HEAD, _BODY, _TUNNEL, _DONE = range(5)
+
+
+class HttpDownstream(asyncio.Protocol):
+    __slots__ = ("ctx", "transport", "reader", "queue", "reading", "peer_ip", "peer_identity",
+                 "port", "_out", "_paused", "_write_paused", "_state", "_head_timer",
+                 "_idle_timer", "_pending_error", "_closed")
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.reader = RequestReader(ctx.limits)
+        self.queue: collections.deque[Exchange] = collections.deque()
+        self.reading: Exchange | None = None
+        self.peer_ip = "-"
+        self.peer_identity: str | None = None
+        self.port = ctx.spec.port
+        self._out: list[bytes] = []
+        self._paused: set[str] = set()
+        self._write_paused = False
+        self._state = _IDLE
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._pending_error: bytes | None = None
+        self._closed = False
+
+    # ---------------------------------------------------------------- asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip = str(peer[0])
+        if self.ctx.spec.tls is not None:
+            self.peer_identity = spiffe_id(transport.get_extra_info("peercert"))
+        self.ctx.connections.add(self)
+        self.ctx.stats.count("hyphal_downstream_cx_total", self.ctx.spec.name)
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == _TUNNEL:
+            if self.reading is not None:
+                self.reading.tunnel_data(data)
+            return
+        if self._state == _DONE:
+            return
+        if self._state == _IDLE:
+            self._state = _HEAD
+            self._cancel_idle()
+            if self._head_timer is None:
+                self._head_timer = asyncio.get_running_loop().call_later(
+                    self.ctx.timeouts.header_s, self._on_head_timeout)
+        for event in self.reader.feed(data):
+            if isinstance(event, Body):
+                if self.reading is not None:
+                    self.reading.feed_body(event.data)
+            elif isinstance(event, RequestHead):
+                self._on_head(event)
+            elif isinstance(event, MessageEnd):
+                reading = self.reading
+                self._state = _IDLE
+                if reading is not None:
+                    reading.end_request(event.keep_alive)
+                if not event.keep_alive:
+                    self._state = _DONE
+                    self.reading = None
+            elif isinstance(event, Upgrade):
+                self._state = _TUNNEL
+                if self.reading is None and self.queue:
+                    self.reading = self.queue[-1]
+                if self.reading is not None and event.rest:
+                    self.reading.tunnel_data(event.rest)
+            elif isinstance(event, ParseError):
+                if self._state != _DONE:
+                    self._on_parse_error(event)
+                break
+        if self._state == _IDLE and self._head_timer is not None and not self.queue:
+            self._cancel_head()
+        self.flush()
+
+    def _on_head(self, head: RequestHead) -> None:
+        self._cancel_head()
+        self._state = _BODY
+        exchange = Exchange(self, self.ctx, head, self.ctx.holder.current)
+        self.reading = exchange
+        self.queue.append(exchange)
+        if len(self.queue) == 1:
+            exchange.start()
+        elif len(self.queue) >= _PIPELINE_DEPTH:
+            self.pause_reading("pipeline")
+
+    def _on_parse_error(self, event: ParseError) -> None:
+        self._state = _DONE
+        self._cancel_head()
+        flag = _REASON_FLAGS.get(event.status, "bad_request")
+        response = local_response(event.status, flag, close=True,
+                                  body=f"{event.status} {flag}: {event.detail}\n".encode())
+        self.ctx.stats.count("hyphal_downstream_rq_rejected", flag)
+        reading = self.reading
+        self.reading = None
+        if reading is not None and reading.task is not None:
+            reading.request_error()  # it is running: it answers or closes
+            return
+        if reading is not None and reading in self.queue:
+            self.queue.remove(reading)  # queued, never started: answer in its place
+        if self.queue:
+            self._pending_error = response
+            return
+        self.send(response)
+        self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._cancel_head()
+        self._cancel_idle()
+        self.ctx.connections.discard(self)
+        for exchange in list(self.queue):
+            exchange.downstream_lost()
+        self.queue.clear()
+        self.reading = None
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client still gets its answers (keep the write side open).
+        if not self.queue:
+            return None
+        self._state = _DONE if self._state != _TUNNEL else _TUNNEL
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.queue:
+            self.queue[0].down_pause_writing()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.queue:
+            self.queue[0].down_resume_writing()
+
+    # ---------------------------------------------------------------- used by exchanges
+    def send(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def flush(self) -> None:
+        out = self._out
+        if out and self.transport is not None and not self._closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def pause_reading(self, reason: str) -> None:
+        if not self._paused and self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+        self._paused.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason not in self._paused:
+            return
+        self._paused.discard(reason)
+        if not self._paused and self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    def pause_upstream_reads(self) -> bool:
+        return self._write_paused
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
+        if self.queue and self.queue[0] is exchange:
+            self.queue.popleft()
+        if self.reading is exchange and exchange.req_done:
+            self.reading = None
+        self.flush()
+        if not keep_alive or self._closed:
+            self.close()
+            return
+        self.resume_reading("pipeline")
+        if self.queue:
+            self.queue[0].start()
+            return
+        if self._pending_error is not None:
+            self.send(self._pending_error)
+            self.close()
+            return
+        if self._state == _DONE:
+            self.close()
+        elif self._state == _IDLE:
+            self._arm_idle()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        self.flush()
+        self._state = _DONE
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def drain(self) -> None:
+        """Close now if idle; otherwise the current exchange answers with Connection: close."""
+        if not self.queue:
+            self.close()
+
+    # ---------------------------------------------------------------- timers
+    def _arm_idle(self) -> None:
+        self._cancel_idle()
+        self._idle_timer = asyncio.get_running_loop().call_later(
+            self.ctx.timeouts.idle_s, self._on_idle)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _cancel_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _on_idle(self) -> None:
+        self._idle_timer = None
+        if not self.queue:
+            self.close()
+
+    def _on_head_timeout(self) -> None:
+        self._head_timer = None
+        if self._state != _HEAD:
+            return
+        self.ctx.stats.count("hyphal_downstream_rq_rejected", "request_timeout")
+        if self.queue:
+            self._pending_error = local_response(408, "request_timeout", close=True)
+            self._state = _DONE
+            return
+        self.send(local_response(408, "request_timeout", close=True))
+        self.close()

@@ -1,0 +1,75 @@
+"""Listening sockets of the sidecar: bind one ListenerSpec, track its connections, drain it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hyphal.proxy.http.context import ListenerContext
+from hyphal.proxy.http.server import HttpDownstream
+from hyphal.proxy.runtime.tables import ListenerSpec
+from hyphal.proxy.tcp import TcpDownstream
+
+
+class ListenerBindError(Exception):
+    """A listener could not be bound (the message names the listener and address)."""
+
+
+def needs_rebind(old: ListenerSpec, new: ListenerSpec) -> bool:
+    """Only the socket-level fields need a new socket; routes, RBAC etc. apply in place."""
+    return (old.host, old.port, old.kind, old.tls) != (new.host, new.port, new.kind, new.tls)
+
+
+@dataclass(slots=True)
+class Listener:
+    ctx: ListenerContext
+    server: asyncio.Server
+
+    @property
+    def port(self) -> int:
+        sockets = self.server.sockets
+        return int(sockets[0].getsockname()[1]) if sockets else self.ctx.spec.port
+
+    async def stop_accepting(self) -> None:
+        self.server.close()
+
+    def drain(self) -> None:
+        self.ctx.draining = True
+        for conn in list(self.ctx.connections):
+            if isinstance(conn, HttpDownstream | TcpDownstream):
+                conn.drain()
+
+    def abort_all(self) -> None:
+        for conn in list(self.ctx.connections):
+            transport = getattr(conn, "transport", None)
+            if transport is not None:
+                transport.abort()
+
+
+async def bind(ctx: ListenerContext) -> Listener:
+    spec = ctx.spec
+    loop = asyncio.get_running_loop()
+    factory: Callable[[], asyncio.Protocol]
+    if spec.is_http:
+        factory = lambda: HttpDownstream(ctx)  # noqa: E731
+    else:
+        factory = lambda: TcpDownstream(ctx)  # noqa: E731
+    ssl_ctx = None
+    if spec.tls is not None:
+        if ctx.tls is None:
+            raise ListenerBindError(
+                f"listener {spec.name}: needs TLS but the data plane has no certificate yet")
+        ssl_ctx = ctx.tls.server_context
+    try:
+        server = await loop.create_server(
+            factory, spec.host, spec.port, ssl=ssl_ctx, reuse_address=True, backlog=1024,
+            ssl_handshake_timeout=5.0 if ssl_ctx else None, family=socket.AF_INET)
+    except OSError as exc:
+        raise ListenerBindError(
+            f"listener {spec.name}: cannot bind {spec.host}:{spec.port}: {exc.strerror or exc}; "
+            "is another process using the port?") from exc
+    for sock in server.sockets:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return Listener(ctx, server)
