@@ -257,7 +257,7 @@ class AdsSession(Generic[C]):
 
     def missing(self) -> tuple[str, ...]:
         """Referenced names not yet received, as `KIND/name` (for /config_dump and logs)."""
-        out = []
+        out: list[str] = []
         for t, names in self._compiler.wanted(self._accepted).items():
             have = self._accepted[t]
             out.extend(f"{KIND[t]}/{n}" for n in sorted(names) if n not in have)

@@ -109,7 +109,7 @@ def compile_secret(s: secret_pb2.Secret) -> bytes:
         raise w.error("validation_context.trusted_ca", f"not PEM certificates: {exc}") from None
     if not certs:
         raise w.error("validation_context.trusted_ca", "holds no certificate")
-    return pem
+    return bytes(pem)
 
 
 def _decode(type_url: str, res: any_pb2.Any, index: int) -> Message:

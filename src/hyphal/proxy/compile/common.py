@@ -37,7 +37,7 @@ class Where:
                 raise self.error(join(path, fd.name), "not supported by the hyphal sidecar")
 
     def unpack(self, any_msg: any_pb2.Any, cls: type[M], path: str) -> M:
-        out = cls()
+        out: M = cls()
         if not any_msg.type_url:
             return out
         want = cls.DESCRIPTOR.full_name
@@ -56,7 +56,7 @@ def join(path: str, name: str) -> str:
 
 
 def seconds(d: duration_pb2.Duration) -> float:
-    return d.seconds + d.nanos / 1e9
+    return float(d.seconds + d.nanos / 1e9)
 
 
 def fraction(p: percent_pb2.FractionalPercent) -> float:
@@ -66,7 +66,7 @@ def fraction(p: percent_pb2.FractionalPercent) -> float:
         percent_pb2.FractionalPercent.TEN_THOUSAND: 10_000,
         percent_pb2.FractionalPercent.MILLION: 1_000_000,
     }[p.denominator]
-    return min(1.0, p.numerator / denom)
+    return min(1.0, float(p.numerator) / denom)
 
 
 def string_match(m: string_pb2.StringMatcher, where: Where, path: str) -> StringMatch:

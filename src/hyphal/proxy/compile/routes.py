@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
@@ -202,7 +203,7 @@ def route(r: rc.Route, where: Where, path: str, vhost_retry: RetryPolicy | None)
     if kind == "redirect":
         return Route(
             action=redirect(r.redirect, where, join(path, "redirect")), timeout_s=None, **common
-        )  # type: ignore[arg-type]
+        )
     if kind == "direct_response":
         d = r.direct_response
         where.only(d, {"status", "body"}, join(path, "direct_response"))
@@ -213,7 +214,7 @@ def route(r: rc.Route, where: Where, path: str, vhost_retry: RetryPolicy | None)
             )
         body = d.body.inline_bytes if body_kind == "inline_bytes" else d.body.inline_string.encode()
         act: RouteAction = DirectResponse(d.status, body)
-        return Route(action=act, timeout_s=None, **common)  # type: ignore[arg-type]
+        return Route(action=act, timeout_s=None, **common)
     if kind != "route":
         raise where.error(path, "a route needs route, redirect or direct_response")
     a = r.route
@@ -250,7 +251,7 @@ def route(r: rc.Route, where: Where, path: str, vhost_retry: RetryPolicy | None)
             hash_policy(h, where, join(apath, f"hash_policy[{i}]"))
             for i, h in enumerate(a.hash_policy)
         ),
-        **common,  # type: ignore[arg-type]
+        **common,
     )
 
 
@@ -458,7 +459,7 @@ def redirect(r: rc.RedirectAction, where: Where, path: str) -> RedirectAction:
 def http_fault(cfg: any_pb2.Any, where: Where, path: str) -> FaultSpec:
     f = where.unpack(cfg, fault_pb2.HTTPFault, path)
     where.only(f, {"delay", "abort"}, path)
-    spec: dict[str, object] = {}
+    spec: dict[str, Any] = {}
     if f.HasField("delay"):
         dpath = join(path, "delay")
         where.only(f.delay, {"fixed_delay", "percentage"}, dpath)
@@ -479,4 +480,4 @@ def http_fault(cfg: any_pb2.Any, where: Where, path: str) -> FaultSpec:
         else:
             raise where.error(apath, "an abort needs http_status or grpc_status")
         spec["abort_fraction"] = fraction(f.abort.percentage)
-    return FaultSpec(**spec)  # type: ignore[arg-type]
+    return FaultSpec(**spec)
