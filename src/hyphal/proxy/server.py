@@ -140,6 +140,10 @@ class Sidecar:
             self.apply_error = f"config {snapshot.config.version} not applied: {exc}"
             log.error("%s", self.apply_error)
             return
+        except Exception as exc:  # keep the ADS stream alive; the last good config serves
+            self.apply_error = f"config {snapshot.config.version} not applied: {exc!r}"
+            log.exception("applying config %s failed", snapshot.config.version)
+            return
         self.apply_error = ""
         self._snapshot = snapshot
         log.info(
