@@ -52,7 +52,9 @@ class ApiTarget:
 
 
 def add_api_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--api", metavar="URL", help="control plane API, e.g. http://127.0.0.1:15014")
+    parser.add_argument(
+        "--api", metavar="URL", help="control plane API, e.g. http://127.0.0.1:15014"
+    )
     parser.add_argument(
         "--state-dir", metavar="DIR", help="control plane state directory (for its admin-token)"
     )

@@ -92,7 +92,10 @@ def _validate_locally(inputs: list[tuple[str, str]]) -> list[str]:
 def _outcome_line(o: dict[str, Any]) -> str:
     info = kinds.lookup(o["kind"])
     group = kinds.group_of(o["kind"], o.get("apiVersion"))
-    resource = f"{o['kind'].lower()}.{group}" if group else (info.kind.lower() if info else o["kind"])
+    if group:
+        resource = f"{o['kind'].lower()}.{group}"
+    else:
+        resource = info.kind.lower() if info else str(o["kind"])
     line = f"{resource}/{o['name']} {o['action']}"
     if o.get("namespace") not in (None, "", "default"):
         line = f"{resource}/{o['name']} {o['action']} (namespace {o['namespace']})"
@@ -274,7 +277,7 @@ def run_get(args: argparse.Namespace) -> int:
         resources = [i["resource"] for i in items]
         print(json.dumps(resources[0] if args.name else {"items": resources}, indent=2))
     elif args.output == "yaml":
-        import yaml
+        import yaml  # type: ignore[import-untyped,unused-ignore]
 
         print(yaml.safe_dump_all([i["resource"] for i in items], sort_keys=False), end="")
     elif args.output == "name":

@@ -124,8 +124,10 @@ def test_cross_resource_errors_refuse_the_change_and_name_the_field(
     result = store.apply_text(vs(50, 50, subset2="v3"), source="canary.yaml")
     assert not result.ok and result.status == 422
     assert result.errors == (
-        "canary.yaml#1: spec.http[0].route[1].destination.subset: subset 'v3' of "
-        "product.shop.svc.cluster.local is not defined by any DestinationRule",
+        (
+            "canary.yaml#1: spec.http[0].route[1].destination.subset: subset 'v3' of "
+            "product.shop.svc.cluster.local is not defined by any DestinationRule"
+        ),
     )
     assert store.resources is before and store.generation == 2
     persisted = (dirs[1] / "applied" / "virtualservice.shop.product.yaml").read_text()
@@ -234,8 +236,10 @@ def test_start_with_a_bad_config_dir_fails_with_precise_errors(dirs: tuple[Path,
     with pytest.raises(StoreLoadError) as info:
         Store(state_dir, config_dir).load()
     assert info.value.errors == (
-        "vs.yaml#1: spec.http[0].route[1].destination.subset: subset 'v9' of "
-        "product.shop.svc.cluster.local is not defined by any DestinationRule",
+        (
+            "vs.yaml#1: spec.http[0].route[1].destination.subset: subset 'v9' of "
+            "product.shop.svc.cluster.local is not defined by any DestinationRule"
+        ),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
+import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from hyphal.control.store import kinds
 
@@ -127,5 +127,7 @@ class ChangeResult:
         }
 
     @classmethod
-    def refused(cls, generation: int, status: int, errors: list[str] | tuple[str, ...]) -> ChangeResult:
+    def refused(
+        cls, generation: int, status: int, errors: list[str] | tuple[str, ...]
+    ) -> ChangeResult:
         return cls(ok=False, generation=generation, errors=tuple(errors), status=status)

@@ -22,6 +22,7 @@ from hyphal.control.store import adapter, kinds
 from hyphal.control.store.adapter import Key, ParseFailed, Resource
 from hyphal.control.store.applied import AppliedDir
 from hyphal.control.store.changes import (
+    Action,
     ChangeResult,
     Outcome,
     ResourceRef,
@@ -198,6 +199,7 @@ class Store:
         new_applied = dict(self._applied)
         for key, res in seen.items():
             old = effective.get(key)
+            action: Action
             if old is None:
                 action = "created"
             elif adapter.same(old, res):
@@ -268,7 +270,9 @@ class Store:
             elif old is None:
                 outcomes.append(Outcome(*key, action="created", api_version=str(new.api_version)))
             elif not adapter.same(old, new):
-                outcomes.append(Outcome(*key, action="configured", api_version=str(new.api_version)))
+                outcomes.append(
+                    Outcome(*key, action="configured", api_version=str(new.api_version))
+                )
         result = self._change(new_dir, self._applied, outcomes, persist=False)
         if not result.ok:
             return self._refuse_dir(result.errors)
