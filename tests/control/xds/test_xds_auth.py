@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from conftest import ADS_METHOD, AdsClient, cluster, names_of, request, snap
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from envoy.service.discovery.v3 import discovery_pb2
+from xds_helpers import ADS_METHOD, AdsClient, cluster, names_of, request, snap
 
 from hyphal.control.xds.auth import StreamRefused, check_claim, peer_of
 from hyphal.control.xds.serve import BuiltServer, build_server

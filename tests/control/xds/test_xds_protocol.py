@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from conftest import cla, cluster, listener, names_of, node, request, route, secret, snap
 from hypothesis import given
 from hypothesis import strategies as st
+from xds_helpers import cla, cluster, listener, names_of, node, request, route, secret, snap
 
 from hyphal.control.xds.debounce import Debouncer
 from hyphal.control.xds.protocol import AdsProtocolError, AdsStream

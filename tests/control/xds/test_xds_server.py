@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import (
+from xds_helpers import (
     AdsEnv,
     cla,
     cluster,
@@ -146,7 +146,7 @@ async def test_named_subscription_waits_for_the_resource_then_sees_it_go(env: Ad
 
 
 async def test_debounce_turns_a_burst_into_one_push(make_env: Any) -> None:
-    env: AdsEnv = await make_env(debounce=0.1)
+    env: AdsEnv = await make_env(debounce=0.25)
     env.source.set(full())
     c = env.open()
     await subscribe_all(c)
@@ -293,3 +293,32 @@ async def test_garbage_streams_are_refused_and_healthy_ones_keep_working(env: Ad
     pushed = await healthy.recv()
     assert pushed.type_url == ENDPOINT and names_of(pushed) == ["a"]
     assert [c.node_id for c in env.ads.connections()] == ["ok"]
+
+
+async def test_change_notified_from_another_thread_is_pushed(env: AdsEnv) -> None:
+    env.source.set(full())
+    c = env.open()
+    await c.send(request(CLUSTER, node_id="n1"))
+    await c.ack(await c.recv())
+    await asyncio.to_thread(env.source.set, snap(cluster("from-thread")))
+    assert names_of(await c.recv()) == ["from-thread"]
+
+
+async def test_a_failing_snapshot_for_one_node_does_not_stop_pushes_to_others(
+    make_env: Any,
+) -> None:
+    class Flaky(StaticSource):
+        def snapshot_for(self, node: NodeInfo) -> Snapshot:
+            if node.id == "bad" and env.ads.push_count > 0:
+                raise RuntimeError("translation bug")
+            return super().snapshot_for(node)
+
+    env: AdsEnv = await make_env(Flaky(full()))
+    bad, good = env.open(), env.open()
+    for client, node_id in ((bad, "bad"), (good, "good")):
+        await client.send(request(CLUSTER, node_id=node_id))
+        await client.ack(await client.recv())
+    env.source.set(snap(cluster("new")))
+    assert names_of(await good.recv()) == ["new"]
+    await bad.expect_nothing(0.1)
+    assert {c.node_id for c in env.ads.connections()} == {"bad", "good"}
