@@ -5,8 +5,9 @@ Where the API is, first match wins:
   2. the environment: `HYPHAL_API`;
   3. the local mesh's run directory: `./.hyphal/mesh.json` (written by `hyphal up`),
      `{"api": "http://127.0.0.1:PORT", "state_dir": "..."}`.
-The admin token: `HYPHAL_ADMIN_TOKEN`, else `<state_dir>/admin-token` where state_dir is
-`--state-dir`, `HYPHAL_STATE_DIR` or mesh.json's `state_dir`.
+The admin token: `<--state-dir>/admin-token`, else `HYPHAL_ADMIN_TOKEN`, else
+`<state_dir>/admin-token` with mesh.json's `state_dir` when the URL came from mesh.json, or
+`HYPHAL_STATE_DIR` (then mesh.json's) when it came from `--api` or `HYPHAL_API`.
 Only the standard library is used, so the CLI starts fast.
 """
 
@@ -101,9 +102,16 @@ def locate(
             "no control plane found: pass --api URL, set HYPHAL_API, or run this in the "
             f"directory where `hyphal up` was started (it writes {MESH_FILE})"
         )
-    token = env.get("HYPHAL_ADMIN_TOKEN") or None
+    token = None if state_dir else (env.get("HYPHAL_ADMIN_TOKEN") or None)
     if token is None:
-        sd = state_dir or env.get("HYPHAL_STATE_DIR") or mesh.get("state_dir")
+        # A URL from mesh.json goes with mesh.json's state dir, not with a stray environment.
+        sd: Any
+        if state_dir:
+            sd = state_dir
+        elif source == str(mesh_path):
+            sd = mesh.get("state_dir")
+        else:
+            sd = env.get("HYPHAL_STATE_DIR") or mesh.get("state_dir")
         token = _read_token(str(sd) if sd else None)
     return ApiTarget(url=url.rstrip("/"), token=token, source=source)
 

@@ -291,7 +291,13 @@ class ApiServer:
         self.handlers = handlers
         self.loop = loop
         self.timeout = timeout
-        self._httpd = _HttpServer((host, port), _Handler)
+        try:
+            self._httpd = _HttpServer((host, port), _Handler)
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen on {host}:{port} (--api-port): {exc.strerror or exc}; stop what "
+                "holds it or pick another --api-port"
+            ) from exc
         self._httpd.dispatch = self._dispatch
         self._thread: threading.Thread | None = None
 
