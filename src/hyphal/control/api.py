@@ -306,8 +306,9 @@ class ApiServer:
         return int(self._httpd.server_address[1])
 
     def _dispatch(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:
-        if urlsplit(target).path.rstrip("/") == "/healthz":
-            return Reply(200, {"status": "ok"})  # liveness must not depend on a busy loop
+        if urlsplit(target).path.rstrip("/") in ("/healthz", "/ready"):
+            # Liveness and readiness read only thread-safe state: never wait for a busy loop.
+            return self.handlers.handle(method, target, headers, body)
 
         async def run() -> Reply:
             return self.handlers.handle(method, target, headers, body)

@@ -254,3 +254,12 @@ def test_query_filters_and_accepts_kind_aliases(dirs: tuple[Path, Path]) -> None
     assert len(store.query()) == 3
     with pytest.raises(ValueError, match="unknown resource kind 'bogus'"):
         store.query(kind="bogus")
+
+
+def test_a_resource_named_twice_in_one_delete_is_deleted_once(dirs: tuple[Path, Path]) -> None:
+    store = new_store(dirs)
+    override = DR.replace("- {name: v2, labels: {version: v2}}", "- {name: v3, labels: {v: x}}")
+    assert store.apply_text(override).ok
+    ref = ResourceRef.make("dr", "product", "shop")
+    result = store.delete([ref, ref])
+    assert result.ok and actions(result) == [("DestinationRule", "product", "deleted")]

@@ -224,8 +224,12 @@ class Store:
         status = 0
         outcomes: list[Outcome] = []
         new_applied = dict(self._applied)
+        named: set[Key] = set()
         for ref in refs:
             key = ref.key
+            if key in named:
+                continue  # named twice in one request
+            named.add(key)
             if key in new_applied:
                 res = new_applied.pop(key)
                 note = ""
@@ -241,9 +245,6 @@ class Store:
                     "the API: remove it from that file instead"
                 )
                 status = status or 409
-            elif any(o.kind == key[0] and o.namespace == key[1] and o.name == key[2]
-                     for o in outcomes):
-                continue  # named twice in one request
             else:
                 errors.append(f"{ref} not found")
                 status = 404 if status in (0, 404) else status
