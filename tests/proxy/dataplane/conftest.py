@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+import uvloop
 
 from hyphal.proxy.dataplane import DataPlane
 from hyphal.proxy.http.context import Timeouts
@@ -26,6 +28,11 @@ class Pki:
         issuer = ca or self.ca
         chain, key = issuer.leaf(spiffe(ns, sa))
         return TlsMaterial(chain, key, self.ca.pem)
+
+
+def pytest_asyncio_loop_factories(config: object, item: object) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The sidecar runs on uvloop: test the data plane there."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import socket
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -186,14 +187,9 @@ async def raw_exchange(port: int, data: bytes | list[bytes], *, wait: float = 2.
 
 
 def statuses(raw: bytes) -> list[int]:
-    """Every final status line in a raw response stream (skips 100 Continue)."""
-    found = []
-    for line in raw.split(b"\r\n"):
-        if line.startswith(b"HTTP/1.") and len(line) >= 12 and line[9:12].isdigit():
-            code = int(line[9:12])
-            if code != 100:
-                found.append(code)
-    return found
+    """Every final status line in a raw response stream (skips 100 Continue). Status lines
+    are found anywhere: a pipelined response starts right after the previous body."""
+    return [int(m) for m in re.findall(rb"HTTP/1\.[01] (\d{3}) ", raw) if m != b"100"]
 
 
 class KeepAliveClient:

@@ -199,7 +199,7 @@ class RequestReader(_Reader):
         self._events.append(RequestHead(
             method=bytes(method), target=self._url, version=version, headers=self._headers,
             keep_alive=parser.should_keep_alive(), chunked=self._chunked,
-            content_length=self._content_length, upgrade=upgrade and bool(parser.should_upgrade()),
+            content_length=self._content_length, upgrade=bool(parser.should_upgrade()),
             expect_continue=expect, host=host,
         ))
 

@@ -112,6 +112,7 @@ class Exchange:
         "ended",
         "head",
         "malformed",
+        "running",
         "path",
         "policy",
         "reason",
@@ -186,6 +187,7 @@ class Exchange:
         self.path = ""
         self.ended = False
         self.malformed = False
+        self.running = False
 
     # ---------------------------------------------------------------- from the server
     def start(self) -> None:
@@ -220,7 +222,9 @@ class Exchange:
         """The request body turned out malformed: answer 400 if nothing was sent yet."""
         self.malformed = True
         self.close_after = True
-        if self.task is not None and not self.task.done():
+        # A task that has not run yet sees `malformed` first thing; one that is waiting on
+        # the upstream is cancelled and answers from its handler.
+        if self.running and self.task is not None and not self.task.done():
             self.task.cancel()
 
     def tunnel_data(self, data: bytes) -> None:
@@ -231,7 +235,7 @@ class Exchange:
 
     def downstream_lost(self) -> None:
         self.close_after = True
-        if self.task is not None and not self.task.done():
+        if self.running and self.task is not None and not self.task.done():
             self.task.cancel()
         if self.tunneling and self.up is not None:
             self.up.close()
@@ -246,7 +250,13 @@ class Exchange:
 
     # ---------------------------------------------------------------- task
     async def run(self) -> None:
+        self.running = True
         try:
+            if self.malformed:
+                self._local(400, "bad_request")
+                return
+            if self.close_after:
+                return  # the client went away before we started
             await self._run()
         except asyncio.CancelledError:
             if self.malformed and not self.committed:

@@ -9,6 +9,7 @@ resumes when none is left.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 import collections
 
 from hyphal.proxy.http.codec import Body, MessageEnd, ParseError, RequestHead, RequestReader, Upgrade
@@ -50,7 +51,7 @@ class HttpDownstream(asyncio.Protocol):
 
     # ---------------------------------------------------------------- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if peer:

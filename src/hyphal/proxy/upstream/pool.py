@@ -6,7 +6,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from hyphal.proxy.http.codec import (
     Body,
@@ -101,7 +101,6 @@ async def open_endpoint(
                 "upstream_identity_mismatch",
                 f"{endpoint.address} presented identity {peer or 'none'}; cluster "
                 f"{cluster.name} expects one of {sorted(expected)}")
-    assert isinstance(transport, asyncio.Transport)
     return transport, proto, peer
 
 
@@ -124,7 +123,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # asyncio callbacks ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.pool.stats.gauge_add("hyphal_upstream_cx_active", self.cluster, 1)
         self.pool.stats.count("hyphal_upstream_cx_total", self.cluster)
