@@ -263,3 +263,31 @@ def test_a_resource_named_twice_in_one_delete_is_deleted_once(dirs: tuple[Path, 
     ref = ResourceRef.make("dr", "product", "shop")
     result = store.delete([ref, ref])
     assert result.ok and actions(result) == [("DestinationRule", "product", "deleted")]
+
+
+def test_hidden_paths_and_a_nested_state_dir_are_not_config(tmp_path: Path) -> None:
+    (tmp_path / "services.yaml").write_text(SERVICE)
+    (tmp_path / ".hyphal").mkdir()
+    (tmp_path / ".hyphal" / "mesh.json").write_text('{"api": "http://127.0.0.1:1"}')
+    (tmp_path / ".vs.yaml.swp.yaml").write_text("not: [valid")
+    state_dir = tmp_path / "state"
+    store = Store(state_dir, tmp_path)
+    store.load()
+    assert store.apply_text(DR).ok  # written to state/applied/, inside the config dir
+    assert store.poll() is None
+    restarted = Store(state_dir, tmp_path)
+    restarted.load()
+    assert restarted.origin(("DestinationRule", "shop", "product")).startswith("applied:")
+
+
+def test_a_resource_defined_in_two_files_is_an_error_naming_both(
+    dirs: tuple[Path, Path],
+) -> None:
+    config_dir, state_dir = dirs
+    (config_dir / "again.yaml").write_text(SERVICE)
+    with pytest.raises(StoreLoadError) as info:
+        Store(state_dir, config_dir).load()
+    assert info.value.errors == (
+        "services.yaml#1: metadata.name: duplicate Service shop/product: also defined at "
+        "again.yaml#1",
+    )

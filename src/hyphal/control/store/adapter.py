@@ -54,12 +54,35 @@ def parse_text(text: str, source: str) -> list[Resource]:
         raise ParseFailed(_lines(exc)) from None
 
 
-def parse_dir(root: Path) -> list[Resource]:
-    """Every resource under `root`; errors name files relative to it."""
-    try:
-        return list(config.load_paths([root]))
-    except config.ConfigErrors as exc:
-        raise ParseFailed(_lines(exc)) from None
+def parse_files(root: Path, files: Sequence[Path]) -> list[Resource]:
+    """Every resource in `files` (under `root`); errors name files relative to `root`.
+
+    All errors of all files are collected, including a resource defined in two places.
+    """
+    resources: list[Resource] = []
+    errors: list[config.ConfigError] = []
+    for path in files:
+        name = path.relative_to(root).as_posix()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(config.ConfigError(name, 0, "", f"cannot read: {exc}"))
+            continue
+        found, problems = config.parse_text(text, name)
+        resources.extend(found)
+        errors.extend(problems)
+    first: dict[Key, Resource] = {}
+    for res in resources:
+        prev = first.setdefault(key_of(res), res)
+        if prev is not res:
+            src = res.source
+            errors.append(config.ConfigError(
+                src.file if src else "<unknown>", src.document if src else 0, "metadata.name",
+                f"duplicate {res.kind} {res.namespace}/{res.name}: also defined at {prev.source}",
+            ))
+    if errors:
+        raise ParseFailed([str(e) for e in errors])
+    return resources
 
 
 def build_set(resources: Iterable[Resource]) -> config.ResourceSet:

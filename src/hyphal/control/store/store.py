@@ -28,7 +28,7 @@ from hyphal.control.store.changes import (
     ResourceRef,
     refs_from_yaml,
 )
-from hyphal.control.store.watch import DirWatcher
+from hyphal.control.store.watch import DirWatcher, config_files
 
 log = logging.getLogger("hyphal.control.store")
 
@@ -71,7 +71,9 @@ class Store:
         self._applied_files: dict[Key, Path] = {}
         self._state = StoreState(0, adapter.build_set([]))
         self._listeners: list[Listener] = []
-        self._watcher = DirWatcher(config_dir) if config_dir is not None else None
+        self._watcher = (
+            DirWatcher(config_dir, (state_dir,)) if config_dir is not None else None
+        )
         self.loaded = False
         self.dir_errors: tuple[str, ...] = ()  # why the last config-dir reload was refused
 
@@ -162,7 +164,8 @@ class Store:
 
     def _load_dir(self) -> dict[Key, Resource]:
         assert self.config_dir is not None
-        return {adapter.key_of(r): r for r in adapter.parse_dir(self.config_dir)}
+        files = config_files(self.config_dir, exclude=(self.state_dir,))
+        return {adapter.key_of(r): r for r in adapter.parse_files(self.config_dir, files)}
 
     # ---- changing ----
 
