@@ -20,6 +20,7 @@ from xds_helpers import (
     snap,
 )
 
+from hyphal.control.xds.server import AdsServer
 from hyphal.control.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -322,3 +323,21 @@ async def test_a_failing_snapshot_for_one_node_does_not_stop_pushes_to_others(
     assert names_of(await good.recv()) == ["new"]
     await bad.expect_nothing(0.1)
     assert {c.node_id for c in env.ads.connections()} == {"bad", "good"}
+
+
+async def test_unsent_responses_are_coalesced_per_type_and_drained_in_order() -> None:
+    from hyphal.control.xds.server import _Connection, _next_in_order
+    from hyphal.control.xds.wire import decode
+
+    ads = AdsServer(StaticSource(full()))
+    conn = _Connection(1, NodeInfo("slow"), "test", full())
+    for t, names in SUBSCRIBED.items():
+        conn.stream.receive(request(t, names))  # answered, but imagine nothing is written yet
+    ads._send(conn, conn.stream.update(full(port=2)))
+    ads._send(conn, conn.stream.update(full(port=3)))
+    assert len(conn.pending) == 2  # EDS and LDS, each only in its newest version
+    drained = [decode(_next_in_order(conn.pending)) for _ in range(2)]
+    assert [r.type_url for r in drained] == [ENDPOINT, LISTENER]
+    status = {s.type_url: s for s in conn.stream.status()}
+    assert [r.nonce for r in drained] == [status[ENDPOINT].sent_nonce, status[LISTENER].sent_nonce]
+    assert drained[0].version_info == full(port=3).version(ENDPOINT)

@@ -2,8 +2,11 @@
 
 Each stream is one handler coroutine (the writer) plus one reader task; no threads. All
 protocol state changes are synchronous calls into the stream's `AdsStream`, so requests and
-pushes never interleave halfway. Responses go to a per-stream outbox as ready-made bytes
-(`ResponseEncoder` shares encoded bodies across streams) that the writer drains in order.
+pushes never interleave halfway. Responses wait as ready-made bytes (`ResponseEncoder` shares
+encoded bodies across streams) in a per-stream slot per type URL, drained in make-before-break
+order. A newer response for a type replaces an unsent older one: in state of the world only the
+latest matters, the stream state already expects the newer nonce, and a slow client costs at
+most five pending messages however many pushes it misses.
 
 A change notification from the `SnapshotSource` (from any thread) starts a debounce window;
 when it closes, every connected node's snapshot is fetched again and the types whose content
@@ -18,7 +21,6 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,8 +29,20 @@ from envoy.service.discovery.v3 import discovery_pb2  # type: ignore[import-unty
 
 from hyphal.control.xds.auth import StreamRefused, check_claim, peer_of
 from hyphal.control.xds.debounce import Debouncer
-from hyphal.control.xds.protocol import AdsProtocolError, AdsStream, Outcome, TypeStatus
-from hyphal.control.xds.snapshot import NodeInfo, Snapshot, SnapshotSource, short_name
+from hyphal.control.xds.protocol import (
+    AdsProtocolError,
+    AdsStream,
+    Outcome,
+    Response,
+    TypeStatus,
+)
+from hyphal.control.xds.snapshot import (
+    PUSH_ORDER,
+    NodeInfo,
+    Snapshot,
+    SnapshotSource,
+    short_name,
+)
 from hyphal.control.xds.wire import ResponseEncoder
 
 log = logging.getLogger("hyphal.control.xds")
@@ -56,7 +70,7 @@ class ConnectionInfo:
 
 
 class _Connection:
-    __slots__ = ("closed", "error", "id", "node", "outbox", "peer", "since", "stream", "wake")
+    __slots__ = ("closed", "error", "id", "node", "peer", "pending", "since", "stream", "wake")
 
     def __init__(self, conn_id: int, node: NodeInfo, peer: str, snapshot: Snapshot) -> None:
         self.id = conn_id
@@ -64,7 +78,7 @@ class _Connection:
         self.peer = peer
         self.since = time.time()
         self.stream = AdsStream(node.id, snapshot)
-        self.outbox: deque[bytes] = deque()
+        self.pending: dict[str, bytes] = {}  # type URL -> encoded response not yet written
         self.wake = asyncio.Event()
         self.error: StreamRefused | None = None
         self.closed = False
@@ -77,6 +91,15 @@ class _Connection:
 
 def _identity(data: bytes) -> bytes:
     return data
+
+
+def _next_in_order(pending: dict[str, bytes]) -> bytes:
+    """Pop the pending response that comes first in make-before-break order."""
+    for type_url in PUSH_ORDER:
+        data = pending.pop(type_url, None)
+        if data is not None:
+            return data
+    raise AssertionError(f"pending responses of unknown types: {sorted(pending)}")
 
 
 class AdsServer:
@@ -219,11 +242,11 @@ class AdsServer:
             return 0
         return self._send(conn, conn.stream.update(snapshot))
 
-    def _send(self, conn: _Connection, responses: Sequence[object]) -> int:
+    def _send(self, conn: _Connection, responses: Sequence[Response]) -> int:
         if not responses:
             return 0
-        encode = self._encoder.encode
-        conn.outbox.extend(encode(r) for r in responses)  # type: ignore[arg-type]
+        for r in responses:
+            conn.pending[r.type_url] = self._encoder.encode(r)
         conn.wake.set()
         return len(responses)
 
@@ -272,8 +295,8 @@ class AdsServer:
             while True:
                 await conn.wake.wait()
                 conn.wake.clear()
-                while conn.outbox:
-                    await context.write(conn.outbox.popleft())
+                while conn.pending:
+                    await context.write(_next_in_order(conn.pending))
                 if conn.error is not None:
                     await context.abort(conn.error.code, conn.error.message)
                 if conn.closed:
