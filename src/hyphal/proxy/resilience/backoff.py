@@ -177,7 +177,7 @@ class Backoff:
     """Delay before retry number `attempt` (0 = first retry). Stateless apart from the rng,
     so one instance can serve a whole cluster."""
 
-    __slots__ = ("config", "_rng", "_ceilings")
+    __slots__ = ("_ceilings", "_rng", "config")
 
     def __init__(self, config: BackoffConfig = BackoffConfig(),
                  rng: random.Random | None = None) -> None:

@@ -65,7 +65,7 @@ class InFlight(dict[str, int]):
 class _Weighted:
     """Weighted random draws in O(log n) (O(1) when weights are uniform)."""
 
-    __slots__ = ("keys", "weights", "rng", "_cumulative", "_total", "_uniform")
+    __slots__ = ("_cumulative", "_total", "_uniform", "keys", "rng", "weights")
 
     def __init__(self, keys: tuple[str, ...], weights: Sequence[int] | None,
                  rng: random.Random | None) -> None:
@@ -132,7 +132,7 @@ class RoundRobin(_Weighted):
     picks (O(1) per pick); beyond that the live algorithm runs (O(n) per pick). The starting
     point is random so that sidecars do not march in step."""
 
-    __slots__ = ("_schedule", "_pos", "_current")
+    __slots__ = ("_current", "_pos", "_schedule")
 
     def __init__(self, keys: tuple[str, ...], weights: Sequence[int] | None = None,
                  rng: random.Random | None = None) -> None:
@@ -235,7 +235,7 @@ class PeakEwma(_Weighted):
     zero (as tower's `PeakEwma` does), so an idle endpoint is tried again eventually.
     Endpoints not yet observed start at `default_rtt_s` (linkerd: 30 ms)."""
 
-    __slots__ = ("active", "decay_s", "default_rtt_s", "_rtt", "_stamp")
+    __slots__ = ("_rtt", "_stamp", "active", "decay_s", "default_rtt_s")
 
     def __init__(self, keys: tuple[str, ...], active: Mapping[str, int],
                  weights: Sequence[int] | None = None, rng: random.Random | None = None,

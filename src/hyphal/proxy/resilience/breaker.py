@@ -77,8 +77,16 @@ class BreakerStats:
 class CircuitBreaker:
     """Mutable counters for one cluster; swap `limits` on a config change, keep the counts."""
 
-    __slots__ = ("limits", "connections", "pending", "requests", "retries", "_refusals",
-                 "_overflows", "underflows")
+    __slots__ = (
+        "_overflows",
+        "_refusals",
+        "connections",
+        "limits",
+        "pending",
+        "requests",
+        "retries",
+        "underflows",
+    )
 
     def __init__(self, limits: BreakerLimits = BreakerLimits()) -> None:
         self.limits = limits

@@ -46,8 +46,16 @@ class RetryBudgetConfig:
 class RetryBudget:
     """Sliding-window rate budget for one cluster (see the module docstring)."""
 
-    __slots__ = ("config", "_bucket_s", "_requests", "_retries", "_sum_requests",
-                 "_sum_retries", "_epoch", "_reserve")
+    __slots__ = (
+        "_bucket_s",
+        "_epoch",
+        "_requests",
+        "_reserve",
+        "_retries",
+        "_sum_requests",
+        "_sum_retries",
+        "config",
+    )
 
     def __init__(self, config: RetryBudgetConfig = RetryBudgetConfig()) -> None:
         self.config = config
@@ -128,7 +136,7 @@ class ConcurrencyRetryBudget:
     """Envoy's concurrency budget. `active_requests` counts every request in flight or pending
     on the cluster, retries included (Envoy counts rq_active + rq_pending)."""
 
-    __slots__ = ("config", "active_requests", "active_retries")
+    __slots__ = ("active_requests", "active_retries", "config")
 
     def __init__(self, config: ConcurrencyRetryBudgetConfig = ConcurrencyRetryBudgetConfig()
                  ) -> None:

@@ -58,7 +58,7 @@ def _check(keys: tuple[str, ...], weights: Sequence[int] | None) -> tuple[int, .
 class RingHash:
     """Envoy's ring hash (see module docstring). `pick(hash_key)` per request."""
 
-    __slots__ = ("keys", "weights", "_hashes", "_owners")
+    __slots__ = ("_hashes", "_owners", "keys", "weights")
 
     def __init__(self, keys: tuple[str, ...], weights: Sequence[int] | None = None,
                  min_ring_size: int = 1024, max_ring_size: int = 8 * 1024 * 1024) -> None:
@@ -115,7 +115,7 @@ class RingHash:
 class Maglev:
     """Maglev lookup table (see module docstring). `pick(hash_key)` per request."""
 
-    __slots__ = ("keys", "weights", "table_size", "_table")
+    __slots__ = ("_table", "keys", "table_size", "weights")
 
     def __init__(self, keys: tuple[str, ...], weights: Sequence[int] | None = None,
                  table_size: int = 65537) -> None:

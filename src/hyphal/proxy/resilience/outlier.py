@@ -114,8 +114,16 @@ _LOCAL_STATUS = {
 class OutlierDetector:
     """One per cluster. `hosts` are endpoint keys (e.g. "10.0.0.1:8080")."""
 
-    __slots__ = ("config", "_monitors", "_ejected", "_excluded", "_next_expiry",
-                 "_total", "_overflow", "_by_reason")
+    __slots__ = (
+        "_by_reason",
+        "_ejected",
+        "_excluded",
+        "_monitors",
+        "_next_expiry",
+        "_overflow",
+        "_total",
+        "config",
+    )
 
     def __init__(self, config: OutlierConfig = OutlierConfig(),
                  hosts: Iterable[str] = ()) -> None:
