@@ -163,6 +163,7 @@ class AdsServer:
         self._ensure_started()
 
     async def stop(self) -> None:
+        """Stop pushing; open streams end when the grpc server stops."""
         task, self._push_task = self._push_task, None
         if task is not None:
             task.cancel()
