@@ -70,7 +70,8 @@ class Balancer:
 
     def _p2c(self, candidates: list[int], active: Mapping[str, int]) -> EndpointSpec:
         first = self._weighted_random(candidates)
-        second = self._weighted_random(candidates)
+        # Two distinct choices: with few endpoints a repeated draw would ignore the load.
+        second = self._weighted_random([i for i in candidates if self.endpoints[i] is not first])
         # Envoy's weighted least request: fewer active requests per unit of weight wins.
         def load(e: EndpointSpec) -> float:
             return (active.get(e.address, 0) + 1) / max(e.weight, 1)

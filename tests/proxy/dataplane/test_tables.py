@@ -1,0 +1,145 @@
+"""Runtime tables (pure): matchers, domain lookup, weighted choice, RBAC, balancers."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from hyphal.proxy.runtime.tables import (
+    AndRule,
+    AnyRule,
+    ClusterAction,
+    EndpointSpec,
+    HeaderMatcher,
+    HeaderRule,
+    LbPolicy,
+    MethodRule,
+    NotRule,
+    OrRule,
+    PathKind,
+    PathMatch,
+    PathRule,
+    PortRule,
+    PrincipalRule,
+    QueryMatcher,
+    RbacEngine,
+    RbacPolicy,
+    Route,
+    RouteMatch,
+    RouteTable,
+    StringKind,
+    StringMatch,
+    VirtualHost,
+    WeightedCluster,
+)
+from hyphal.proxy.upstream.balancer import Balancer
+
+
+def test_string_matchers():
+    assert StringMatch(StringKind.EXACT, "Abc", ignore_case=True).matches("aBC")
+    assert StringMatch(StringKind.PREFIX, "/api").matches("/api/x")
+    assert StringMatch(StringKind.SUFFIX, ".json").matches("a.json")
+    assert StringMatch(StringKind.CONTAINS, "mid").matches("amidb")
+    regex = StringMatch(StringKind.REGEX, "v[0-9]+")
+    assert regex.matches("v12") and not regex.matches("xv12")  # full match, as RE2 in Envoy
+    with pytest.raises(ValueError, match="invalid regex"):
+        StringMatch(StringKind.REGEX, "(")
+
+
+def test_route_match_path_headers_query_method():
+    match = RouteMatch(path=PathMatch(PathKind.PREFIX, "/API", case_sensitive=False),
+                       headers=(HeaderMatcher("x-user", StringMatch(StringKind.EXACT, "jason")),
+                                HeaderMatcher("x-debug", invert=True)),
+                       query=(QueryMatcher("v", StringMatch(StringKind.EXACT, "2")),),
+                       methods=frozenset({"GET"}))
+    headers = {"x-user": "jason"}
+    assert match.matches("GET", "/api/items", "v=2&x=1", headers)
+    assert not match.matches("POST", "/api/items", "v=2", headers)
+    assert not match.matches("GET", "/api/items", "v=3", headers)
+    assert not match.matches("GET", "/api/items", "v=2", {**headers, "x-debug": "1"})
+    assert not match.matches("GET", "/other", "v=2", headers)
+    exact = RouteMatch(path=PathMatch(PathKind.EXACT, "/a"))
+    assert exact.matches("GET", "/a", "", None) and not exact.matches("GET", "/a/", "", None)
+    regex = RouteMatch(path=PathMatch(PathKind.REGEX, r"/items/\d+"))
+    assert regex.matches("GET", "/items/42", "", None) and not regex.matches("GET", "/items/x", "", None)
+
+
+def _vh(name: str, *domains: str) -> VirtualHost:
+    return VirtualHost(name, domains, (Route("r", RouteMatch(), ClusterAction.single(name)),))
+
+
+def test_domain_lookup_order():
+    table = RouteTable.build("t", (_vh("exact", "product", "product:8080"), _vh("suffix", "*.shop"),
+                                   _vh("longer", "*.svc.shop"), _vh("prefix", "api.*"),
+                                   _vh("any", "*")))
+    assert table.find_virtual_host("PRODUCT:8080").name == "exact"
+    assert table.find_virtual_host("product:9999").name == "exact"  # retried without the port
+    assert table.find_virtual_host("a.svc.shop").name == "longer"
+    assert table.find_virtual_host("a.shop").name == "suffix"
+    assert table.find_virtual_host("api.example").name == "prefix"
+    assert table.find_virtual_host("other").name == "any"
+    with pytest.raises(ValueError, match="must be unique"):
+        RouteTable.build("t", (_vh("a", "x"), _vh("b", "x")))
+
+
+def test_weighted_choice_is_exact_over_the_draw_space():
+    action = ClusterAction((WeightedCluster("a", 95), WeightedCluster("b", 5), WeightedCluster("c", 0)))
+    picks = Counter(action.pick(draw).name for draw in range(action.total))
+    assert picks == {"a": 95, "b": 5}
+    with pytest.raises(ValueError, match="non-zero"):
+        ClusterAction((WeightedCluster("a", 0),))
+
+
+ALICE = "spiffe://td/ns/shop/sa/alice"
+
+
+def test_rbac_deny_then_allow():
+    engine = RbacEngine(
+        deny=(RbacPolicy("no-delete", MethodRule(frozenset({"DELETE"})), AnyRule()),),
+        allow=(RbacPolicy("alice-api",
+                          AndRule((PathRule(StringMatch(StringKind.PREFIX, "/api")),
+                                   PortRule(frozenset({8080})))),
+                          OrRule((PrincipalRule(StringMatch(StringKind.EXACT, ALICE)),))),
+               RbacPolicy("health", PathRule(StringMatch(StringKind.EXACT, "/healthz")),
+                          NotRule(AnyRule()) if False else AnyRule())))
+    assert engine.allowed(ALICE, "GET", "/api/x", 8080, {}) == (True, "alice-api")
+    assert engine.allowed(ALICE, "DELETE", "/api/x", 8080, {}) == (False, "no-delete")
+    assert engine.allowed(None, "GET", "/api/x", 8080, {}) == (False, "")
+    assert engine.allowed(ALICE, "GET", "/api/x", 9090, {}) == (False, "")
+    assert engine.allowed(None, "GET", "/healthz", 1, {}) == (True, "health")
+    header_rule = RbacEngine(allow=(RbacPolicy("hdr", HeaderRule(HeaderMatcher(
+        "x-token", StringMatch(StringKind.PREFIX, "ok"))), AnyRule()),))
+    assert header_rule.allowed(None, "GET", "/", 1, {"x-token": "ok-1"})[0]
+    assert not header_rule.allowed(None, "GET", "/", 1, {})[0]
+    assert RbacEngine(allow=()).allowed(ALICE, "GET", "/", 1, {}) == (False, "")
+    assert RbacEngine().allowed(None, "GET", "/", 1, {}) == (True, "")
+
+
+EPS = (EndpointSpec("a", 1, weight=3), EndpointSpec("b", 1, weight=1),
+       EndpointSpec("c", 1, weight=1, healthy=False))
+
+
+def test_round_robin_honours_weights_and_health():
+    balancer = Balancer(LbPolicy.ROUND_ROBIN, EPS)
+    picks = Counter(balancer.pick({}).host for _ in range(400))
+    assert picks == {"a": 300, "b": 100}
+
+
+def test_random_and_least_request():
+    rnd = Balancer(LbPolicy.RANDOM, EPS, random.Random(1))
+    picks = Counter(rnd.pick({}).host for _ in range(4000))
+    assert 0.70 < picks["a"] / 4000 < 0.80 and "c" not in picks
+    p2c = Balancer(LbPolicy.LEAST_REQUEST, EPS[:2], random.Random(2))
+    busy = {"a:1": 50, "b:1": 0}
+    picks = Counter(p2c.pick(busy).host for _ in range(1000))
+    assert picks["b"] > picks["a"]
+
+
+def test_exclude_prefers_another_endpoint_and_hashing_is_stable():
+    balancer = Balancer(LbPolicy.ROUND_ROBIN, EPS[:2])
+    assert all(balancer.pick({}, frozenset({"a:1"})).host == "b" for _ in range(10))
+    ring = Balancer(LbPolicy.RING_HASH, EPS[:2])
+    assert len({ring.pick({}, hash_key=b"user-7").host for _ in range(20)}) == 1
+    assert Balancer(LbPolicy.ROUND_ROBIN, (EPS[2],)).pick({}) is None
