@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     cs = c["status"]
     print(f"mesh: {view['phase']}; supervisor pid {view['supervisor']['pid']} "
           f"({'alive' if view['supervisor']['alive'] else 'not running'}); "
-          f"control plane {_proc(c)} {'ready' if c['ready'] else 'NOT READY'} at {view['api']}"
+          f"control plane pid {c['pid']} ({'ready' if c['ready'] else 'NOT READY: ' + c['state']})"
+          f" at {view['api']}"
           + (f" ({cs['error']})" if "error" in cs else ""))
     rows = []
     for r in view["replicas"]:
