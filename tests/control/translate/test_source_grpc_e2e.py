@@ -103,6 +103,7 @@ async def test_grpc_client_follows_translated_weights_without_nacks() -> None:
             str(CLIENT),
             "greeter.example:50051",
             str(CALLS),
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
         )

@@ -15,7 +15,9 @@ def main() -> None:
         hello = channel.unary_unary("/demo.Greeter/Hello")
         hello(b"", timeout=15, wait_for_ready=True)
         counts = Counter(hello(b"", timeout=5).decode() for _ in range(calls))
-    print(json.dumps(dict(counts)), flush=True)
+        print(json.dumps(dict(counts)), flush=True)
+        # Stay connected until the test has inspected the ADS stream (it closes our stdin).
+        sys.stdin.readline()
 
 
 if __name__ == "__main__":
