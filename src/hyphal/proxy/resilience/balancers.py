@@ -67,8 +67,8 @@ class _Weighted:
 
     __slots__ = ("_cumulative", "_total", "_uniform", "keys", "rng", "weights")
 
-    def __init__(self, keys: tuple[str, ...], weights: Sequence[int] | None,
-                 rng: random.Random | None) -> None:
+    def __init__(self, keys: tuple[str, ...], weights: Sequence[int] | None = None,
+                 rng: random.Random | None = None) -> None:
         self.keys = keys
         self.weights = _weights_for(keys, weights)
         self.rng = rng if rng is not None else random.Random()

@@ -68,7 +68,7 @@ class RetryBudget:
         self._reserve = config.min_per_s * config.window_s
 
     def _advance(self, now: float) -> int:
-        epoch = int(now // self._bucket_s)
+        epoch = int(now / self._bucket_s)
         last = self._epoch
         n = self.config.buckets
         if last is None:

@@ -5,9 +5,11 @@ when an endpoint joins or leaves only about 1/N of the keys move. Hashes are 8-b
 digests: stable across processes and Python versions (unlike `hash()`), and fast enough
 (well under a microsecond for a short key).
 
-* `RingHash` follows Envoy's RING_HASH: every endpoint gets virtual nodes `"<key>_<i>"` in
-  proportion to its weight, at least `min_ring_size` (1024) in all, at most `max_ring_size`;
-  a key goes to the first virtual node clockwise from its hash (binary search, O(log n)).
+* `RingHash` is Ketama-style, like Envoy's RING_HASH: every endpoint gets virtual nodes
+  `"<key>_<i>"` in proportion to its weight, at least `min_ring_size` (1024) in all, at most
+  `max_ring_size`; a key goes to the first virtual node clockwise from its hash (binary
+  search, O(log n)). Points per weight unit are a power of two, so a join adds only the new
+  endpoint's points and moves keys only to it.
   With `exclude`, the walk continues clockwise to the first allowed endpoint: exactly where
   the key would land on a ring rebuilt without the excluded ones.
 * `Maglev` follows the Maglev paper (Eisenbud et al., NSDI 2016) and Envoy's weighted
@@ -68,21 +70,19 @@ class RingHash:
         self.weights = _check(keys, weights)
         points: list[tuple[int, int]] = []
         if keys:
-            total = sum(self.weights)
-            min_normalized = min(self.weights) / total
-            # Envoy: scale so the lightest endpoint still gets its share of min_ring_size.
-            scale = min(math.ceil(min_normalized * min_ring_size) / min_normalized,
-                        float(max_ring_size))
-            current = 0.0
-            target = 0.0
-            for index, (key, weight) in enumerate(zip(keys, self.weights)):
-                target += scale * weight / total
-                vnode = 0
+            divisor = math.gcd(*self.weights)
+            units = [w // divisor for w in self.weights]
+            total = sum(units)
+            # Virtual nodes per weight unit: a power of two reaching min_ring_size, so that
+            # an endpoint joining or leaving leaves everyone else's points where they are
+            # (unless the count crosses a power of two). Envoy rescales the ring instead,
+            # which moves some keys between the endpoints that stayed.
+            per_unit = 1 << max(0, math.ceil(math.log2(min_ring_size / total)))
+            scale = min(float(per_unit), max_ring_size / total)
+            for index, (key, unit) in enumerate(zip(keys, units)):
                 prefix = key.encode() + b"_"
-                while current < target:
+                for vnode in range(max(1, int(scale * unit))):
                     points.append((hash64(prefix + str(vnode).encode()), index))
-                    vnode += 1
-                    current += 1
         points.sort()
         self._hashes = tuple(h for h, _ in points)
         self._owners = tuple(keys[i] for _, i in points)

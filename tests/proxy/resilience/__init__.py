@@ -1,0 +1,1 @@
+"""Tests for hyphal.proxy.resilience (pure cores, plus the asyncio health prober)."""
