@@ -3,8 +3,8 @@
 Theory of operation. One asyncio loop owns every child. Each child runs in its own session
 (its own process group), its output appended to its log in the run directory. Start-up is
 ordered: control plane -> `/ready`; per replica (concurrently): token, bootstrap file,
-sidecar -> its admin `/ready`, app -> its ports accept connections; long-running workloads
-before jobs. Every change of a child's state is written to mesh.json at once, so `status`
+sidecar -> its admin `/ready`, app -> its ports accept connections; a job's app starts only
+once every long-running app is up. Every change of a child's state is written to mesh.json at once, so `status`
 and `down` (even after this process dies) see every pid. A stop (SIGTERM, SIGINT, or the
 last job finishing when the mesh has only jobs) drains in reverse: apps, sidecars
 (`/quitquitquit`, then SIGTERM, then SIGKILL), control plane.
@@ -169,7 +169,8 @@ class Supervisor:
         self._tasks.append(asyncio.create_task(self._keep("control", argv, base_env(), None, log)))
         self.out("control plane ready")
 
-    async def _start_replica(self, r: ReplicaPlan, admin_token: str) -> None:
+    async def _start_replica(self, r: ReplicaPlan, admin_token: str,
+                             after: Sequence[asyncio.Task[None]] = ()) -> None:
         w = r.workload
         token = await asyncio.to_thread(
             control_api.mint_token, self.plan.control.api, admin_token, w.namespace,
@@ -187,6 +188,8 @@ class Supervisor:
         self._set(side, state="ready")
         self._tasks.append(asyncio.create_task(
             self._keep(side, side_argv, base_env(), None, r.sidecar_log, replica=r)))
+        if after:
+            await asyncio.gather(*after)
         app = f"{r.key}/app"
         cwd = _working_dir(self.plan.mesh.config_dir, w.working_dir)
         env = base_env() | r.app_env()
@@ -206,15 +209,16 @@ class Supervisor:
         self._save()
         await self._start_control()
         admin = await asyncio.to_thread(control_api.admin_token, self.plan.control.state_dir)
-        services = [r for r in self.plan.replicas if not r.workload.is_job]
-        jobs = [r for r in self.plan.replicas if r.workload.is_job]
-        for group in (services, jobs):
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    for r in group:
-                        tg.create_task(self._start_replica(r, admin))
-            except BaseExceptionGroup as eg:
-                raise _first_error(eg) from None
+        # Every sidecar starts at once; a job's app waits until every long-running app is up.
+        try:
+            async with asyncio.TaskGroup() as tg:
+                services = [tg.create_task(self._start_replica(r, admin))
+                            for r in self.plan.replicas if not r.workload.is_job]
+                for r in self.plan.replicas:
+                    if r.workload.is_job:
+                        tg.create_task(self._start_replica(r, admin, after=services))
+        except BaseExceptionGroup as eg:
+            raise _first_error(eg) from None
         self._set_phase("ready")
 
     # ---- keeping things running ----------------------------------------------------------
