@@ -293,6 +293,7 @@ with grpc.insecure_channel("xds:///" + target) as channel:
             break
     print(json.dumps({"phase": "switched", "at": switched_at}), flush=True)
     print(json.dumps({"phase": "after", **count(hello, calls)}), flush=True)
+    sys.stdin.readline()  # stay connected until the parent has looked at /api/v1/status
 '''
 
 

@@ -288,6 +288,8 @@ def test_a_resource_defined_in_two_files_is_an_error_naming_both(
     with pytest.raises(StoreLoadError) as info:
         Store(state_dir, config_dir).load()
     assert info.value.errors == (
-        "services.yaml#1: metadata.name: duplicate Service shop/product: also defined at "
-        "again.yaml#1",
+        (
+            "services.yaml#1: metadata.name: duplicate Service shop/product: also defined at "
+            "again.yaml#1"
+        ),
     )
