@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 import statistics
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
 
 import pytest
 from hypothesis import given
@@ -54,10 +54,10 @@ def test_retry_after_overrides_and_is_capped() -> None:
 
 
 def test_parse_retry_after_seconds_and_http_date() -> None:
-    now = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
+    now = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC).timestamp()
     assert parse_retry_after("120", now) == 120.0
     assert parse_retry_after(b" 0 ", now) == 0.0
-    later = format_datetime(datetime(2024, 5, 1, 12, 0, 42, tzinfo=timezone.utc), usegmt=True)
+    later = format_datetime(datetime(2024, 5, 1, 12, 0, 42, tzinfo=UTC), usegmt=True)
     assert parse_retry_after(later, now) == pytest.approx(42.0)
     earlier = "Wed, 01 May 2024 11:00:00 GMT"
     assert parse_retry_after(earlier, now) == 0.0
