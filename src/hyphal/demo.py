@@ -26,7 +26,13 @@ from hyphal.local.teardown import stop_mesh
 
 
 def _hyphal(*args: str) -> int:
-    return subprocess.call([sys.executable, "-m", "hyphal", *args])
+    child = subprocess.Popen([sys.executable, "-m", "hyphal", *args])
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the child too; let it finish stopping what it started.
+        child.wait(timeout=120)
+        raise
 
 
 def _proxy_port(state: MeshState, workload: str) -> int:
@@ -99,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     once = os.environ.get("DEMO_ONCE", "") not in ("", "0")
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C must work even when started with SIGINT ignored (e.g. `cmd &` in a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 0
     try:
         print(f"== hyphal up {args.dir}")
