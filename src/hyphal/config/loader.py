@@ -141,7 +141,14 @@ def load_text(text: str, source_name: str) -> list[Resource]:
 
 def _files(path: Path) -> list[tuple[Path, str]]:
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+        # Hidden files and folders (.hyphal run state, .git, editor swap files) are not config.
+        found = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
         return [(p, p.relative_to(path).as_posix()) for p in found]
     return [(path, str(path))]
 
