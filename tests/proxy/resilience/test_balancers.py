@@ -99,12 +99,18 @@ def test_least_request_balances_a_closed_loop() -> None:
 def test_weighted_least_request_uses_active_request_bias() -> None:
     active: dict[str, int] = {"a:1": 4, "b:1": 0}
     lr = LeastRequest(("a:1", "b:1"), active, [10, 1], random.Random(2))
-    # a: 10 / 5 = 2.0 beats b: 1 / 1 = 1.0 whenever both are drawn.
-    counts = Counter(lr.pick() for _ in range(2000))
-    assert counts["a:1"] > counts["b:1"]
+    # Envoy's EDF: effective weights a: 10 / (4 + 1) = 2, b: 1 / 1 -> a gets 2/3.
+    counts = Counter(lr.pick() for _ in range(3000))
+    assert counts["a:1"] / 3000 == pytest.approx(2 / 3, abs=0.01)
     flat = LeastRequest(("a:1", "b:1"), active, [10, 1], random.Random(2),
                         active_request_bias=0.0)
-    assert Counter(flat.pick() for _ in range(2000))["a:1"] > 1800
+    assert Counter(flat.pick() for _ in range(2200))["a:1"] == pytest.approx(2000, abs=2)
+    # Idle endpoints share by weight; exclusion leaves the others' order intact.
+    idle = LeastRequest(("a:1", "b:1", "c:1"), {}, [1, 2, 3], random.Random(3))
+    got = Counter(idle.pick() for _ in range(600))
+    assert (got["a:1"], got["b:1"], got["c:1"]) == (100, 200, 300)
+    assert all(idle.pick(exclude={"c:1"}) != "c:1" for _ in range(50))
+    assert idle.pick(exclude={"a:1", "b:1", "c:1"}) is None
 
 
 def test_inflight_never_goes_negative() -> None:

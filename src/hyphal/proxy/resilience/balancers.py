@@ -16,6 +16,7 @@ Consistent hashing (`RingHash`, `Maglev`) and `hash_key_for` live in `consistent
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from bisect import bisect_right
@@ -182,47 +183,77 @@ class RoundRobin(_Weighted):
 
 
 class LeastRequest(_Weighted):
-    """Power of two choices over in-flight requests (Envoy LEAST_REQUEST, choice_count 2).
+    """Envoy's LEAST_REQUEST.
 
-    Equal weights: two distinct random endpoints, the one with fewer requests in flight wins.
-    Unequal weights: two weighted draws, the higher `weight / (active + 1) ** bias` wins
-    (Envoy's `active_request_bias`, default 1.0)."""
+    Equal weights: power of two choices, two distinct random endpoints, the one with fewer
+    requests in flight wins (O(1)). Unequal weights: Envoy's earliest-deadline-first
+    schedule, where an endpoint re-enters the schedule after each pick with the effective
+    weight `weight / (active + 1) ** active_request_bias` (bias 1.0 by default; 0 gives
+    plain weighted round robin) (O(log n)). Idle endpoints are picked in proportion to
+    their weights; loaded ones are pushed back in proportion to their load."""
 
-    __slots__ = ("active", "bias")
+    __slots__ = ("_heap", "_seq", "active", "bias")
 
     def __init__(self, keys: tuple[str, ...], active: Mapping[str, int],
                  weights: Sequence[int] | None = None, rng: random.Random | None = None,
                  active_request_bias: float = 1.0) -> None:
         super().__init__(keys, weights, rng)
+        if active_request_bias < 0:
+            raise ValueError("least_request active_request_bias must be >= 0")
         self.active = active
         self.bias = active_request_bias
+        self._seq = 0
+        # (deadline, tie-breaker, index); random start so sidecars do not move in step.
+        self._heap: list[tuple[float, int, int]] = []
+        if not self._uniform:
+            for index, weight in enumerate(self.weights):
+                self._heap.append((self.rng.random() / weight, index, index))
+            heapq.heapify(self._heap)
+            self._seq = len(keys)
 
     def pick(self, exclude: Container[str] = _NOTHING) -> str | None:
         keys = self.keys
         n = len(keys)
         if n <= 1:
             return keys[0] if n and keys[0] not in exclude else None
+        if not self._uniform:
+            return self._pick_edf(exclude)
         if exclude:
             first = self._draw_allowed(exclude)
             if first is None:
                 return None
             second = self._draw_allowed(exclude)
             assert second is not None
-        elif self._uniform:
+        else:
             first = int(self.rng.random() * n)
             second = int(self.rng.random() * (n - 1))
             if second >= first:
                 second += 1
-        else:
-            first, second = self._draw(), self._draw()
         a, b = keys[first], keys[second]
         active = self.active
-        if self._uniform:
-            return a if active.get(a, 0) <= active.get(b, 0) else b
-        bias = self.bias
-        score_a = self.weights[first] / (active.get(a, 0) + 1) ** bias
-        score_b = self.weights[second] / (active.get(b, 0) + 1) ** bias
-        return a if score_a >= score_b else b
+        return a if active.get(a, 0) <= active.get(b, 0) else b
+
+    def _pick_edf(self, exclude: Container[str]) -> str | None:
+        heap, keys = self._heap, self.keys
+        skipped: list[tuple[float, int, int]] = []
+        chosen: tuple[float, int, int] | None = None
+        while heap:
+            entry = heapq.heappop(heap)
+            if exclude and keys[entry[2]] in exclude:
+                skipped.append(entry)
+                continue
+            chosen = entry
+            break
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        if chosen is None:
+            return None
+        deadline, _, index = chosen
+        key = keys[index]
+        effective = self.weights[index] / (self.active.get(key, 0) + 1) ** self.bias
+        self._seq += 1
+        heapq.heappush(heap, (deadline + 1.0 / effective, self._seq, index))
+        return key
 
 
 class PeakEwma(_Weighted):

@@ -142,7 +142,7 @@ class OutlierDetector:
         keys = set(hosts)
         self._monitors = {k: self._monitors.get(k) or _Monitor() for k in keys}
         self._ejected = {k: t for k, t in self._ejected.items() if k in keys}
-        self._refresh(None)
+        self._refresh()
 
     # ------------------------------------------------------------- recording
 
@@ -209,7 +209,7 @@ class OutlierDetector:
         self._ejected[key] = until
         self._total += 1
         self._by_reason[reason.value] += 1
-        self._refresh(now)
+        self._refresh()
         return Ejection(key, reason, until, monitor.multiplier)
 
     # ------------------------------------------------------------- time
@@ -222,9 +222,9 @@ class OutlierDetector:
             monitor = self._monitors.get(key)
             if monitor is not None:
                 monitor.until = None
-        self._refresh(now)
+        self._refresh()
 
-    def _refresh(self, now: float | None) -> None:
+    def _refresh(self) -> None:
         self._excluded = frozenset(self._ejected)
         self._next_expiry = min(self._ejected.values(), default=float("inf"))
 
