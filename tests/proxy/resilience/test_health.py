@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hyphal.proxy.resilience.health import (
@@ -69,6 +69,7 @@ def test_start_unhealthy_needs_one_pass_like_envoy() -> None:
     assert hc.is_healthy(A)
 
 
+@settings(deadline=None)  # wall-clock limits flake on a loaded CI box
 @given(st.lists(st.sampled_from(list(CheckResult)), max_size=40),
        st.integers(1, 4), st.integers(1, 4), st.booleans())
 def test_state_matches_a_reference_model(results: list[CheckResult], up: int, down: int,
@@ -184,7 +185,7 @@ async def test_http_probe_times_out_on_a_silent_server() -> None:
     try:
         started = time.monotonic()
         assert await http_probe()("127.0.0.1", port, 0.2) is NET
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 2.0
     finally:
         server.close()
         await server.wait_closed()
@@ -203,7 +204,7 @@ async def test_prober_marks_an_endpoint_down_and_up(
     task = asyncio.create_task(prober.run())
     try:
         async def wait_for(predicate: object) -> None:
-            for _ in itertools.repeat(None, 100):
+            for _ in itertools.repeat(None, 250):
                 if callable(predicate) and predicate():
                     return
                 await asyncio.sleep(0.02)
