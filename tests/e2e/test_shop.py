@@ -58,9 +58,28 @@ def test_shop_comes_up(shop: tuple[MeshState, Path]) -> None:
         "frontend", "product-v1", "product-v2", "order", "payment"}
     for r in view["replicas"]:
         assert r["app"]["alive"] and r["sidecar"]["alive"] and r["ready"], r
+        assert r["cert_expiry"], r  # from the sidecar's /config_dump
+        assert {"listeners", "routes", "clusters", "endpoints"} <= set(r["config_versions"]), r
+    deadline = time.monotonic() + 10
+    while any(r["sync"] != "SYNCED" for r in view["replicas"]):  # the control plane's view
+        assert time.monotonic() < deadline, [(r["workload"], r["sync"]) for r in view["replicas"]]
+        time.sleep(0.2)
+        view = status(run)
     identities = {r["workload"]: r["identity"] for r in view["replicas"]}
     assert identities["product-v2"] == f"{TD}/product"
     assert identities["order"] == f"{TD}/order"
+
+
+def test_proxy_config_and_logs(shop: tuple[MeshState, Path]) -> None:
+    _, run = shop
+    routes = hyphal("proxy-config", "frontend", "routes", "--run-dir", str(run))
+    assert routes.returncode == 0, routes.stderr
+    assert ("outbound|8080|v1|product.shop.svc.cluster.local=95 "
+            "outbound|8080|v2|product.shop.svc.cluster.local=5") in routes.stdout
+    eps = hyphal("proxy-config", "frontend", "endpoints", "--run-dir", str(run))
+    assert f"{TD}/payment" in eps.stdout and "version=v2" in eps.stdout
+    logs = hyphal("logs", "frontend", "--run-dir", str(run))
+    assert logs.returncode == 0 and "frontend listening on 127.0.0.1:" in logs.stdout
 
 
 def test_canary_split_holds(shop: tuple[MeshState, Path]) -> None:

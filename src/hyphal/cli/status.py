@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     for r in view["replicas"]:
         rows.append([r["workload"], r["replica"], _proc(r["app"]), _proc(r["sidecar"]),
                      "yes" if r["ready"] else "no", r["identity"], r["cert_expiry"],
-                     _versions(r["config_versions"])])
+                     _versions(r["config_versions"]), r["sync"]])
     print(table(["WORKLOAD", "REPLICA", "APP (pid state)", "SIDECAR (pid state)", "READY",
-                 "IDENTITY", "CERT EXPIRES", "ACKED CONFIG"], rows))
+                 "IDENTITY", "CERT EXPIRES", "ACKED CONFIG", "CONTROL PLANE"], rows))
     return 0

@@ -41,6 +41,7 @@ class ReplicaView:
     ready: bool
     cert_expiry: str | None
     config_versions: dict[str, str]
+    sync: str  # the control plane's view: SYNCED, STALE (sent, not yet ACKed), NACKED, NOT CONNECTED
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +77,24 @@ def config_dump(admin_port: int, timeout: float = 2.0) -> dict[str, Any]:
     return dump
 
 
-def replica_view(state: MeshState, r: dict[str, Any]) -> ReplicaView:
+def sync_state(control: dict[str, Any], node_id: str) -> str:
+    """Whether the control plane sees node_id as up to date (Istio's `proxy-status`)."""
+    if "error" in control:
+        return "UNKNOWN"
+    conns = [c for c in ((control.get("xds") or {}).get("connections") or [])
+             if c.get("node_id") == node_id]
+    if not conns:
+        return "NOT CONNECTED"
+    types = conns[-1].get("types") or []
+    if any(t.get("last_nack") for t in types):
+        return "NACKED"
+    if any(t.get("sent_version") != t.get("acked_version") for t in types):
+        return "STALE"
+    return "SYNCED"
+
+
+def replica_view(state: MeshState, r: dict[str, Any],
+                 control: dict[str, Any] | None = None) -> ReplicaView:
     key = r["key"]
     sidecar = _proc(state.process(f"{key}/sidecar"))
     admin = int(r["admin_port"])
@@ -92,6 +110,7 @@ def replica_view(state: MeshState, r: dict[str, Any]) -> ReplicaView:
         identity=r["identity"], app=_proc(state.process(f"{key}/app")), sidecar=sidecar,
         ready=ready, cert_expiry=configdump.cert_expiry(dump) if dump else None,
         config_versions=configdump.versions(dump) if dump else {},
+        sync=sync_state(control or {"error": "not asked"}, f"{key}.{r['namespace']}"),
     )
 
 
@@ -115,6 +134,7 @@ def control_status(state: MeshState) -> dict[str, Any]:
 def mesh_view(state: MeshState) -> dict[str, Any]:
     """Everything `hyphal status -o json` prints."""
     control = state.process("control")
+    cstatus = control_status(state)
     return {
         "phase": state.phase,
         "api": state.api,
@@ -123,6 +143,6 @@ def mesh_view(state: MeshState) -> dict[str, Any]:
                            state.supervisor_pid, state.supervisor_start_ticks))},
         "control": {**asdict(_proc(control)),
                     "ready": bool(control and is_ready(f"{state.api}/ready")),
-                    "status": control_status(state)},
-        "replicas": [replica_view(state, r).to_json() for r in state.replicas],
+                    "status": cstatus},
+        "replicas": [replica_view(state, r, cstatus).to_json() for r in state.replicas],
     }
