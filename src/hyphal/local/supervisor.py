@@ -253,7 +253,13 @@ class Supervisor:
             except TimeoutError:
                 pass
             restarts = self._records[name].restarts + 1
-            await self._spawn(name, argv, env, cwd, log)
+            try:
+                await self._spawn(name, argv, env, cwd, log)
+            except StartupError as exc:
+                if not self._stopping:
+                    self.out(f"{name}: giving up restarting it: {exc}")
+                    self._set(name, state="failed")
+                return
             self._set(name, restarts=restarts)
 
     async def _finish_job(self, r: ReplicaPlan, code: int) -> None:
