@@ -212,9 +212,11 @@ def build_cluster(
 
 
 def build_static_cluster(
-    name: str, address: str, port: int, connect_timeout: float = 10.0
+    name: str, address: str, port: int, connect_timeout: float = 10.0, service: str = ""
 ) -> Message:
-    """A STATIC cluster (the sidecar's own app, `inbound|<port>||`)."""
+    """A STATIC cluster (the sidecar's own app, `inbound|<port>||`). `service` is the FQDN of
+    the Service the port serves, carried in `filter_metadata["hyphal"]["service"]` so the
+    destination side reports it as `destination_service` (as Istio does)."""
     c = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.STATIC,
@@ -223,4 +225,6 @@ def build_static_cluster(
     )
     c.load_assignment.cluster_name = name
     c.load_assignment.endpoints.add().lb_endpoints.append(lb_endpoint(address, port))
+    if service:
+        c.metadata.filter_metadata[naming.HYPHAL_METADATA].CopyFrom(struct({"service": service}))
     return c

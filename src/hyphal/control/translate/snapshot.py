@@ -276,7 +276,27 @@ def _sidecar(
             ip=node.instance_ip,
         )
         cname = naming.inbound_cluster(np.port)
-        out[naming.CLUSTER_TYPE][cname] = build_static_cluster(cname, "127.0.0.1", np.app_port)
+        out[naming.CLUSTER_TYPE][cname] = build_static_cluster(
+            cname, "127.0.0.1", np.app_port, service=_inbound_service(index, node, np)
+        )
+
+
+def _inbound_service(index: MeshIndex, node: ProxyNode, np: NodePort) -> str:
+    """The FQDN of the Service whose port targets workload port `np` of `node` (the first by
+    host when several do; "" when none): the destination side's `destination_service`."""
+    for svc in index.services.values():  # sorted by host
+        if not svc.mesh or svc.namespace != node.namespace or not svc.selector:
+            continue
+        if any(node.labels.get(k) != v for k, v in svc.selector.items()):
+            continue
+        for p in svc.ports:
+            target = p.number if p.target is None else p.target
+            if isinstance(target, str) and not target.isdigit():
+                if target == np.name:
+                    return svc.host
+            elif int(target) == np.port:
+                return svc.host
+    return ""
 
 
 def _proxyless(
