@@ -457,8 +457,20 @@ def test_proxy_answers_say_why_and_calls_are_counted_and_logged(mesh: Mesh) -> N
     status, headers, _ = curl(mesh, "http://nowhere.demo:8080/x")
     assert status == 404 and headers.get("x-hyphal-reason") == "no_route", (status, headers)
 
-    source = {"reporter": "source", "destination_service": API_FQDN, "response_code": "200"}
-    dest = {"reporter": "destination", "source_principal": WEB_ID, "response_code": "200"}
+    source = {
+        "reporter": "source",
+        "source_principal": WEB_ID,
+        "destination_service": API_FQDN,
+        "destination_principal": API_ID,
+        "response_code": "200",
+    }
+    dest = {
+        "reporter": "destination",
+        "source_principal": WEB_ID,
+        "destination_service": API_FQDN,
+        "connection_security_policy": "mutual_tls",
+        "response_code": "200",
+    }
     src_before = istio_requests(web, **source)
     dst_before = sum(istio_requests(a, **dest) for a in apis)
 
