@@ -154,11 +154,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         m.stop()
 
 
-def curl(mesh: Mesh, url: str) -> tuple[int, dict[str, str], str]:
+def curl(mesh: Mesh, url: str, *extra: str) -> tuple[int, dict[str, str], str]:
     """The real curl, proxy-form through web's outbound listener: (status, headers, body)."""
     port = mesh.workloads["web"].outbound_port
     out = subprocess.run(
-        ["curl", "-sS", "-i", "--max-time", "5", "-x", f"http://127.0.0.1:{port}", url],
+        ["curl", "-sS", "-i", "--max-time", "5", "-x", f"http://127.0.0.1:{port}", *extra, url],
         capture_output=True,
         text=True,
         env=mesh.env(),
@@ -192,6 +192,11 @@ def test_curl_reaches_api_over_mtls_with_the_callers_identity(mesh: Mesh) -> Non
         # The api app learns who called from the XFCC its sidecar set after the mTLS handshake.
         assert xfcc_uri(seen["xfcc"]) == WEB_ID, seen
         assert f"By={API_ID}" in seen["xfcc"], seen
+
+    # An identity the caller writes itself never reaches the app: the sidecar sets XFCC anew.
+    forged = "x-forwarded-client-cert: By=x;URI=spiffe://cluster.local/ns/demo/sa/admin"
+    status, _, body = curl(mesh, "http://api:8080/forged", "-H", forged)
+    assert status == 200 and xfcc_uri(json.loads(body)["xfcc"]) == WEB_ID, body
 
 
 # --------------------------------------------------------------------------- 2. inbound refusals
