@@ -92,6 +92,9 @@ class DataPlane:
             self._retired.extend(replaced)
             self._listeners.update(fresh)
             self.clusters.retain(set(config.clusters))
+            for listener in self._retired:
+                if not listener.ctx.connections:
+                    listener.stop_sweeper()
             self._retired = [lst for lst in self._retired if lst.ctx.connections]
 
     def _context(self, spec: ListenerSpec) -> ListenerContext:
@@ -115,6 +118,7 @@ class DataPlane:
         listeners = list(self._listeners.values()) + self._retired
         for listener in listeners:
             await listener.stop_accepting()
+            listener.stop_sweeper()
             listener.abort_all()
         for listener in listeners:
             with contextlib.suppress(Exception):

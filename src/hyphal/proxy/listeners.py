@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,22 @@ def needs_rebind(old: ListenerSpec, new: ListenerSpec) -> bool:
 class Listener:
     ctx: ListenerContext
     server: asyncio.Server
+    sweeper: asyncio.TimerHandle | None = None
+
+    def start_sweeper(self) -> None:
+        """One periodic check of every connection's header and idle deadlines."""
+        timeouts = self.ctx.timeouts
+        tick = min(max(min(timeouts.header_s, timeouts.idle_s) / 4, 0.05), 1.0)
+        loop = asyncio.get_running_loop()
+
+        def sweep() -> None:
+            now = time.monotonic()
+            for conn in list(self.ctx.connections):
+                if isinstance(conn, HttpDownstream):
+                    conn.check_timers(now)
+            self.sweeper = loop.call_later(tick, sweep)
+
+        self.sweeper = loop.call_later(tick, sweep)
 
     @property
     def port(self) -> int:
@@ -34,6 +51,11 @@ class Listener:
 
     async def stop_accepting(self) -> None:
         self.server.close()
+
+    def stop_sweeper(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
 
     def drain(self) -> None:
         self.ctx.draining = True
@@ -72,4 +94,6 @@ async def bind(ctx: ListenerContext) -> Listener:
             "is another process using the port?") from exc
     for sock in server.sockets:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return Listener(ctx, server)
+    listener = Listener(ctx, server)
+    listener.start_sweeper()
+    return listener

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 FIELDS: tuple[str, ...] = (
@@ -41,7 +42,7 @@ class AccessLog:
     def log(self, entry: dict[str, Any]) -> None:
         if self._handle is None:
             return
-        line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+        line = _encode(entry)
         self._buffer.append(line)
         self._size += len(line)
         if self._size >= 65536:
@@ -80,6 +81,31 @@ class AccessLog:
         self._handle = None
 
 
+_quote: Callable[[str], str] = getattr(json.encoder, "encode_basestring_ascii", json.dumps)
+
+
+def _encode(entry: dict[str, Any]) -> bytes:
+    """json.dumps(entry) for flat dicts of str/int/float/None, about 3x cheaper."""
+    parts = []
+    for key, value in entry.items():
+        if value.__class__ is str:
+            parts.append(f'"{key}":{_quote(value)}')
+        elif value is None:
+            parts.append(f'"{key}":null')
+        elif value.__class__ is int or value.__class__ is float:
+            parts.append(f'"{key}":{value!r}')
+        else:
+            parts.append(f'"{key}":{json.dumps(value)}')
+    return ("{" + ",".join(parts) + "}\n").encode()
+
+
+_second_cache: list[Any] = [-1, ""]
+
+
 def iso_time(epoch: float) -> str:
-    ms = int((epoch % 1) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{ms:03d}Z"
+    """RFC 3339 UTC with milliseconds; the seconds part is cached (one format per second)."""
+    whole = int(epoch)
+    if _second_cache[0] != whole:
+        _second_cache[0] = whole
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second_cache[1]}.{int((epoch - whole) * 1000):03d}Z"

@@ -9,10 +9,18 @@ resumes when none is left.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import collections
+import time
+from typing import cast
 
-from hyphal.proxy.http.codec import Body, MessageEnd, ParseError, RequestHead, RequestReader, Upgrade
+from hyphal.proxy.http.codec import (
+    Body,
+    MessageEnd,
+    ParseError,
+    RequestHead,
+    RequestReader,
+    Upgrade,
+)
 from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.exchange import Exchange
 from hyphal.proxy.http.headers import local_response
@@ -28,8 +36,8 @@ _IDLE, _HEAD, _BODY, _TUNNEL, _DONE = range(5)
 
 class HttpDownstream(asyncio.Protocol):
     __slots__ = ("ctx", "transport", "reader", "queue", "reading", "peer_ip", "peer_identity",
-                 "port", "_out", "_paused", "_write_paused", "_state", "_head_timer",
-                 "_idle_timer", "_pending_error", "_closed")
+                 "port", "_out", "_paused", "_write_paused", "_state", "_head_since",
+                 "_idle_since", "_pending_error", "_closed")
 
     def __init__(self, ctx: ListenerContext) -> None:
         self.ctx = ctx
@@ -44,8 +52,9 @@ class HttpDownstream(asyncio.Protocol):
         self._paused: set[str] = set()
         self._write_paused = False
         self._state = _IDLE
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        # Timers are timestamps checked by the listener's sweeper (no timer per request).
+        self._head_since = 0.0
+        self._idle_since = 0.0
         self._pending_error: bytes | None = None
         self._closed = False
 
@@ -71,10 +80,8 @@ class HttpDownstream(asyncio.Protocol):
             return
         if self._state == _IDLE:
             self._state = _HEAD
-            self._cancel_idle()
-            if self._head_timer is None:
-                self._head_timer = asyncio.get_running_loop().call_later(
-                    self.ctx.timeouts.header_s, self._on_head_timeout)
+            self._idle_since = 0.0
+            self._head_since = time.monotonic()
         for event in self.reader.feed(data):
             if isinstance(event, Body):
                 if self.reading is not None:
@@ -99,8 +106,6 @@ class HttpDownstream(asyncio.Protocol):
                 if self._state != _DONE:
                     self._on_parse_error(event)
                 break
-        if self._state == _IDLE and self._head_timer is not None and not self.queue:
-            self._cancel_head()
         self.flush()
 
     def _on_head(self, head: RequestHead) -> None:
@@ -225,27 +230,26 @@ class HttpDownstream(asyncio.Protocol):
 
     # ---------------------------------------------------------------- timers
     def _arm_idle(self) -> None:
-        self._cancel_idle()
-        self._idle_timer = asyncio.get_running_loop().call_later(
-            self.ctx.timeouts.idle_s, self._on_idle)
+        self._idle_since = time.monotonic()
 
     def _cancel_idle(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._idle_since = 0.0
 
     def _cancel_head(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_since = 0.0
 
-    def _on_idle(self) -> None:
-        self._idle_timer = None
-        if not self.queue:
+    def check_timers(self, now: float) -> None:
+        """Called by the listener's sweeper a few times per second."""
+        timeouts = self.ctx.timeouts
+        if self._head_since and now - self._head_since >= timeouts.header_s:
+            self._head_since = 0.0
+            self._on_head_timeout()
+        elif (self._idle_since and now - self._idle_since >= timeouts.idle_s
+              and not self.queue and self._state == _IDLE):
+            self._idle_since = 0.0
             self.close()
 
     def _on_head_timeout(self) -> None:
-        self._head_timer = None
         if self._state != _HEAD:
             return
         self.ctx.stats.count("hyphal_downstream_rq_rejected", "request_timeout")
