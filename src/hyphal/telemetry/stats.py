@@ -23,9 +23,12 @@ LABEL_NAMES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class PeerLabels:
-    """The per-(listener, cluster) part of the label set, resolved once, reused per request."""
+    """The per-(listener, cluster) part of the label set, resolved once, reused per request.
+
+    Compared by identity (hashing ten strings per request is measurable): get the canonical
+    instance from `Stats.intern`."""
 
     reporter: str
     source_workload: str = "unknown"
@@ -57,7 +60,7 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
 class Stats:
     """Counters and histograms of one sidecar."""
 
-    __slots__ = ("_requests", "_hist", "_hist_sum", "_gauges", "_counters")
+    __slots__ = ("_requests", "_hist", "_hist_sum", "_gauges", "_counters", "_interned")
 
     def __init__(self) -> None:
         self._requests: dict[tuple[PeerLabels, int, str], int] = defaultdict(int)
@@ -65,6 +68,11 @@ class Stats:
         self._hist_sum: dict[tuple[PeerLabels, int, str], float] = defaultdict(float)
         self._gauges: dict[tuple[str, str], int] = defaultdict(int)
         self._counters: dict[tuple[str, str], int] = defaultdict(int)
+        self._interned: dict[tuple[str, ...], PeerLabels] = {}
+
+    def intern(self, peer: PeerLabels) -> PeerLabels:
+        """The one instance with these label values (so identity equality is value equality)."""
+        return self._interned.setdefault(peer.values(), peer)
 
     def record_request(self, peer: PeerLabels, code: int, flags: str, duration_ms: float) -> None:
         key = (peer, code, flags)

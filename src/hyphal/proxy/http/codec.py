@@ -26,7 +26,7 @@ class Limits:
     max_headers: int = 100
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and frozen init costs 3x; never mutated
 class RequestHead:
     method: bytes
     target: bytes
@@ -44,7 +44,7 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as RequestHead; never mutated
 class ResponseHead:
     status: int
     reason: bytes

@@ -74,6 +74,7 @@ class ListenerContext:
                                        else "unknown"),
                 connection_security_policy="unknown",
             )
+        found = self.stats.intern(found)
         self._labels[key] = found
         return found
 

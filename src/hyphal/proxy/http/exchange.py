@@ -368,7 +368,12 @@ class Exchange:
             connect_timeout = spec.connect_timeout_s if remaining is None else min(
                 spec.connect_timeout_s, remaining)
             try:
-                conn, reused = await self.ctx.pool.acquire(endpoint, spec, connect_timeout)
+                # Pooled connection first, without an await (the common case).
+                pooled = self.ctx.pool.idle_connection(endpoint, spec)
+                if pooled is not None:
+                    conn, reused = pooled, True
+                else:
+                    conn, reused = await self.ctx.pool.acquire(endpoint, spec, connect_timeout)
             except ConnectFailure as failure:
                 runtime.connect_failed(endpoint.address)
                 last_reason = failure.reason

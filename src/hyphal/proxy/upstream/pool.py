@@ -49,6 +49,13 @@ PoolKey = tuple[str, int, str | None, frozenset[str]]
 P = TypeVar("P", bound=asyncio.Protocol)
 
 
+def pool_key(endpoint: EndpointSpec, cluster: ClusterSpec) -> PoolKey:
+    tls = cluster.tls
+    if tls is None:
+        return (endpoint.host, endpoint.port, None, frozenset())
+    return (endpoint.host, endpoint.port, tls.sni, tls.expected_sans)
+
+
 async def open_endpoint(
     factory: Callable[[], P],
     endpoint: EndpointSpec,
@@ -214,24 +221,31 @@ class ConnectionPool:
         self.tls = tls
         self.stats = stats
 
+    def idle_connection(self, endpoint: EndpointSpec,
+                        cluster: ClusterSpec) -> UpstreamConnection | None:
+        """A pooled keep-alive connection to the endpoint, if one is usable (no await)."""
+        idle = self._idle.get(pool_key(endpoint, cluster))
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            transport = conn.transport
+            if (conn.closed or transport is None or transport.is_closing()
+                    or (cluster.idle_timeout_s is not None
+                        and now - conn.idle_since > cluster.idle_timeout_s)):
+                conn.close()
+                continue
+            return conn
+        return None
+
     async def acquire(self, endpoint: EndpointSpec, cluster: ClusterSpec,
                       timeout_s: float) -> tuple[UpstreamConnection, bool]:
         """Returns (connection, reused). Raises ConnectFailure."""
-        tls = cluster.tls
-        key: PoolKey = (endpoint.host, endpoint.port, tls.sni if tls else None,
-                        tls.expected_sans if tls else frozenset())
-        idle = self._idle.get(key)
-        if idle:
-            now = time.monotonic()
-            while idle:
-                conn = idle.pop()
-                transport = conn.transport
-                if (conn.closed or transport is None or transport.is_closing()
-                        or (cluster.idle_timeout_s is not None
-                            and now - conn.idle_since > cluster.idle_timeout_s)):
-                    conn.close()
-                    continue
-                return conn, True
+        conn = self.idle_connection(endpoint, cluster)
+        if conn is not None:
+            return conn, True
+        key = pool_key(endpoint, cluster)
         return await self._connect(endpoint, cluster, key, timeout_s), False
 
     async def _connect(self, endpoint: EndpointSpec, cluster: ClusterSpec, key: PoolKey,
