@@ -4,6 +4,7 @@ from pathlib import Path
 
 from hyphal.config import load_paths
 
+
 def test_directory_loading_skips_hidden_paths(tmp_path: Path) -> None:
     # A run directory (.hyphal/) left inside the mesh folder holds JSON that is not config.
     (tmp_path / ".hyphal" / "bootstrap").mkdir(parents=True)

@@ -41,7 +41,7 @@ def test_bundle_from_response_checks_key_identity_and_root(
     with pytest.raises(CertificateRequestError, match="different key"):
         bundle_from_response(chain, generate_key(), SHOP, ca.root_cert_pem)
     other = SpiffeId("cluster.local", "shop", "cart")
-    with pytest.raises(CertificateRequestError, match="not spiffe://cluster.local/ns/shop/sa/cart"):
+    with pytest.raises(CertificateRequestError, match=r"not spiffe://cluster\.local/ns/shop/sa/cart"):
         bundle_from_response(chain, key, other, ca.root_cert_pem)
     with pytest.raises(CertificateRequestError, match="unreadable"):
         bundle_from_response(["junk"], key, SHOP, ca.root_cert_pem)

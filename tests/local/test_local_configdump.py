@@ -1,4 +1,4 @@
-"""`status`/`proxy-config` read the document the real sidecar admin (hyphal.proxy.admin) produces."""
+"""`status`/`proxy-config` read the document the real sidecar admin (hyphal.proxy.admin) makes."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def _dump() -> dict[str, Any]:
     config = ProxyConfig(version="v7", listeners=listeners, routes={"outbound_http": routes},
                          clusters=clusters)
     status = XdsStatus(connected=True, applied_count=3, last_applied_at=0.0, warming=(), types=(
-        TypeStatus("type.googleapis.com/envoy.config.listener.v3.Listener", "abc123", "n1", "acked"),
+        TypeStatus("type.googleapis.com/envoy.config.listener.v3.Listener", "abc123", "n1",
+                   "acked"),
         TypeStatus("type.googleapis.com/envoy.config.cluster.v3.Cluster", "def456", "n2",
                    "nacked", "bad cluster"),
     ))

@@ -10,7 +10,9 @@ from hyphal.local.teardown import stop_mesh
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("down", help="stop the local mesh (apps, sidecars, control plane)")
-    p.add_argument("--run-dir", default=".hyphal", help="run directory `up` used (default: .hyphal)")
+    p.add_argument(
+        "--run-dir", default=".hyphal", help="run directory `up` used (default: .hyphal)"
+    )
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds between SIGTERM and SIGKILL (default 5)")
     p.set_defaults(func=run)

@@ -1,4 +1,4 @@
-"""`hyphal logs WORKLOAD`: print (or follow) an app's or its sidecar's log from the run directory."""
+"""`hyphal logs WORKLOAD`: print (or follow) an app's or its sidecar's log from the run dir."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--sidecar", action="store_true", help="the sidecar's log instead of the app's")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("--tail", type=int, default=None, metavar="N", help="only the last N lines")
-    p.add_argument("--run-dir", default=".hyphal", help="run directory `up` used (default: .hyphal)")
+    p.add_argument(
+        "--run-dir", default=".hyphal", help="run directory `up` used (default: .hyphal)"
+    )
     p.set_defaults(func=run)
 
 

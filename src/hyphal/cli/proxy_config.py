@@ -1,4 +1,7 @@
-"""`hyphal proxy-config WORKLOAD [listeners|routes|clusters|endpoints|all]`: a sidecar's live xDS config."""
+"""`hyphal proxy-config WORKLOAD [listeners|routes|clusters|endpoints|all]`: live xDS config.
+
+Shows what one sidecar has ACKed, as its admin endpoint reports it.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    choices=(*configdump.SECTIONS, "all"))
     p.add_argument("--replica", type=int, default=None, help="replica index (default 0)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    p.add_argument("--run-dir", default=".hyphal", help="run directory `up` used (default: .hyphal)")
+    p.add_argument(
+        "--run-dir", default=".hyphal", help="run directory `up` used (default: .hyphal)"
+    )
     p.set_defaults(func=run)
 
 

@@ -1,4 +1,4 @@
-"""`hyphal status`: each replica of the local mesh — processes, health, identity, cert, ACKed config."""
+"""`hyphal status`: each replica of the local mesh — processes, health, identity, cert, config."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from hyphal.local.rundir import RunDir
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="show the local mesh: replicas, pids, identity, config")
-    p.add_argument("--run-dir", default=".hyphal", help="run directory `up` used (default: .hyphal)")
+    p.add_argument(
+        "--run-dir", default=".hyphal", help="run directory `up` used (default: .hyphal)"
+    )
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=run)
 

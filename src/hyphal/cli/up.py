@@ -1,4 +1,4 @@
-"""`hyphal up DIR`: run a mesh locally — control plane, then every Workload replica with its sidecar."""
+"""`hyphal up DIR`: run a mesh locally — control plane, then each Workload replica and sidecar."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         live = _still_running(run_dir)
         if live is not None:
             _err(f"a mesh is already running from {run_dir.root} (supervisor pid "
-                 f"{live.supervisor_pid}); stop it first with `hyphal down --run-dir {args.run_dir}`")
+                 f"{live.supervisor_pid}); stop it first with "
+                 f"`hyphal down --run-dir {args.run_dir}`")
             return 1
     from hyphal.config import to_seconds
     from hyphal.local.model import load_mesh
@@ -118,8 +119,9 @@ def _detach(args: argparse.Namespace, run_dir: RunDir) -> int:
     if args.hyphal_cmd:
         argv += ["--hyphal-cmd", args.hyphal_cmd]
     with open(log, "ab") as fh:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                 start_new_session=True, cwd=os.getcwd())
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh,
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 cwd=os.getcwd())
     deadline = time.monotonic() + args.ready_timeout * 4 + 30
     try:
         while True:

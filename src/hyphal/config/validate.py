@@ -1,4 +1,4 @@
-"""Semantic validation across resources: hosts, subsets, ports, regexes, retry conditions, principals."""
+"""Semantic validation across resources: hosts, subsets, ports, regexes, retry-ons, principals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""X.509 checks shared by both planes: load chains, read SPIFFE ids, verify a chain to trusted roots."""
+"""X.509 checks shared by both planes: load chains, read SPIFFE ids, verify chains to roots."""
 
 from __future__ import annotations
 

@@ -151,7 +151,9 @@ def bundle_from_response(
         trusted = load_chain(root_pem) + roots
         got = verify_chain(leaf, intermediates, trusted)
     except CertificateError as exc:
-        raise CertificateRequestError(f"CA answered a certificate that does not verify: {exc}")
+        raise CertificateRequestError(
+            f"CA answered a certificate that does not verify: {exc}"
+        ) from exc
     if got != spiffe_id:
         raise CertificateRequestError(
             f"CA answered a certificate for {got.uri}, not {spiffe_id.uri}"

@@ -1,4 +1,4 @@
-"""Workload keys and certificate signing requests: ECDSA P-256 keys, PEM, CSRs with a SPIFFE URI SAN."""
+"""Workload keys and certificate signing requests: ECDSA P-256, PEM, CSRs with a SPIFFE URI SAN."""
 
 from __future__ import annotations
 

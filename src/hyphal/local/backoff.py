@@ -40,4 +40,5 @@ def decide(
     """What to do when an app exits with `exit_code` after `streak` quick failures in a row."""
     if policy == "Always" or (policy == "OnFailure" and exit_code != 0):
         return Decision(restart=True, delay=backoff.delay(streak), final_state="backoff")
-    return Decision(restart=False, delay=0.0, final_state="completed" if exit_code == 0 else "failed")
+    final = "completed" if exit_code == 0 else "failed"
+    return Decision(restart=False, delay=0.0, final_state=final)

@@ -48,7 +48,9 @@ def mint_token(
             timeout=5.0,
         )
     except HttpError as exc:
-        raise ControlPlaneError(f"could not mint a bootstrap token for {namespace}/{service_account}: {exc}") from exc
+        raise ControlPlaneError(
+            f"could not mint a bootstrap token for {namespace}/{service_account}: {exc}"
+        ) from exc
     if status != 200:
         raise ControlPlaneError(
             f"the control plane refused a bootstrap token for {namespace}/{service_account}: "
@@ -56,5 +58,7 @@ def mint_token(
         )
     value = json.loads(body).get("token")
     if not isinstance(value, str) or not value:
-        raise ControlPlaneError(f"POST {api}/api/v1/tokens answered without a token: {body[:200]!r}")
+        raise ControlPlaneError(
+            f"POST {api}/api/v1/tokens answered without a token: {body[:200]!r}"
+        )
     return value

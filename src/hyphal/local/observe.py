@@ -1,4 +1,4 @@
-"""What `hyphal status` shows: each replica's processes, health, identity, certificate and ACKed config.
+"""What `hyphal status` shows: each replica's processes, health, identity, cert and ACKed config.
 
 Sources: mesh.json (pids, states, restarts, exit codes, written by the supervisor), each
 sidecar's admin port (`/ready`, `/config_dump`), and the control plane's
@@ -41,7 +41,8 @@ class ReplicaView:
     ready: bool
     cert_expiry: str | None
     config_versions: dict[str, str]
-    sync: str  # the control plane's view: SYNCED, STALE (sent, not yet ACKed), NACKED, NOT CONNECTED
+    # the control plane's view: SYNCED, STALE (sent, not yet ACKed), NACKED, NOT CONNECTED
+    sync: str
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,7 +68,9 @@ def find_replica(state: MeshState, workload: str, replica: int | None) -> dict[s
     for r in matches:
         if r["replica"] == index:
             return r
-    raise NoSuchReplica(f"{workload} has replicas 0..{len(matches) - 1}; there is no replica {index}")
+    raise NoSuchReplica(
+        f"{workload} has replicas 0..{len(matches) - 1}; there is no replica {index}"
+    )
 
 
 def config_dump(admin_port: int, timeout: float = 2.0) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The plan for one run: every port, file, environment and bootstrap, decided before anything starts.
+"""The plan for one run: every port, file, environment and bootstrap, decided before any start.
 
 Pure apart from the port allocator it is given, so the mechanics are testable without processes.
 """
@@ -47,7 +47,7 @@ class ControlPlan:
 
 @dataclass(frozen=True, slots=True)
 class PortBinding:
-    """A declared workload port with where the app listens and where the sidecar's mTLS inbound listens."""
+    """A declared workload port, where its app listens and where the sidecar's mTLS inbound does."""
 
     name: str
     port: int

@@ -72,7 +72,9 @@ class PortAllocator:
             if port not in self._taken:
                 self._taken.add(port)
                 return port
-        raise RuntimeError("could not find a free TCP port on 127.0.0.1; is the machine out of ports?")
+        raise RuntimeError(
+            "could not find a free TCP port on 127.0.0.1; is the machine out of ports?"
+        )
 
     def allocate_many(self, n: int) -> list[int]:
         return [self.allocate() for _ in range(n)]

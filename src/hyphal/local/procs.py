@@ -111,7 +111,7 @@ def wait_gone(targets: Iterable[tuple[int, int | None]], timeout: float) -> list
 def terminate_groups(
     targets: Iterable[tuple[int, int | None]], grace: float = 5.0
 ) -> list[int]:
-    """SIGTERM each group, wait up to `grace` seconds, then SIGKILL the rest. Returns pids signalled."""
+    """SIGTERM each group, wait up to `grace` seconds, SIGKILL the rest; return pids signalled."""
     targets = [(p, s) for p, s in targets if group_alive(p, s)]
     sent = [p for p, s in targets if signal_group(p, s, signal.SIGTERM)]
     left = wait_gone(targets, grace)

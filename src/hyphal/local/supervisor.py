@@ -1,13 +1,13 @@
-"""The `hyphal up` supervisor: starts the control plane, then each replica's sidecar and app, keeps them running.
+"""The `hyphal up` supervisor: starts the control plane, then each replica's sidecar and app.
 
 Theory of operation. One asyncio loop owns every child. Each child runs in its own session
 (its own process group), its output appended to its log in the run directory. Start-up is
 ordered: control plane -> `/ready`; per replica (concurrently): token, bootstrap file,
 sidecar -> its admin `/ready`, app -> its ports accept connections; a job's app starts only
-once every long-running app is up. Every change of a child's state is written to mesh.json at once, so `status`
-and `down` (even after this process dies) see every pid. A stop (SIGTERM, SIGINT, or the
-last job finishing when the mesh has only jobs) drains in reverse: apps, sidecars
-(`/quitquitquit`, then SIGTERM, then SIGKILL), control plane.
+once every long-running app is up. Every change of a child's state is written to mesh.json
+at once, so `status` and `down` (even after this process dies) see every pid. A stop
+(SIGTERM, SIGINT, or the last job finishing when the mesh has only jobs) drains in reverse:
+apps, sidecars (`/quitquitquit`, then SIGTERM, then SIGKILL), control plane.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def base_env() -> dict[str, str]:
 
 
 class Supervisor:
-    """Runs one RunPlan until asked to stop. Create, then `await run()`; `request_stop()` ends it."""
+    """Runs one RunPlan until asked to stop: create, `await run()`; `request_stop()` ends it."""
 
     def __init__(
         self,
@@ -117,7 +117,10 @@ class Supervisor:
         try:
             os.write(fd, f"--- {time.strftime('%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=asyncio.subprocess.STDOUT,
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=asyncio.subprocess.STDOUT,
                 env=env, cwd=str(cwd) if cwd else None, start_new_session=True,
             )
         except OSError as exc:
@@ -179,7 +182,7 @@ class Supervisor:
         boot = r.bootstrap(self.plan.control, self.plan.control.cert_ttl_seconds)
         r.bootstrap_file.write_text(json.dumps(boot, indent=2) + "\n")
         side = f"{r.key}/sidecar"
-        side_argv = self.hyphal_cmd + ("proxy", "--bootstrap", str(r.bootstrap_file))
+        side_argv = (*self.hyphal_cmd, "proxy", "--bootstrap", str(r.bootstrap_file))
         self._register(side, "sidecar", side_argv, r.sidecar_log, r)
         self._save()
         await self._spawn(side, side_argv, base_env(), None, r.sidecar_log)

@@ -50,7 +50,8 @@ def stop_mesh(run_dir: RunDir, grace: float = 5.0, supervisor_timeout: float = 3
     if state is None:
         return DownReport(found=False, supervisor_pid=None, stopped=())
     running = _live(state)
-    stopped = [f"{p.name} (pid {p.pid})" for p in sorted(running, key=lambda p: _ORDER.get(p.kind, 9))]
+    ordered = sorted(running, key=lambda p: _ORDER.get(p.kind, 9))
+    stopped = [f"{p.name} (pid {p.pid})" for p in ordered]
     sup_pid: int | None = None
     pid, ticks = state.supervisor_pid, state.supervisor_start_ticks
     if pid is not None and pid != os.getpid() and procs.is_alive(pid, ticks):

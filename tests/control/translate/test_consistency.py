@@ -28,8 +28,10 @@ def meshes(draw: st.DrawFn) -> str:
     for name, ns in services:
         proto = draw(st.sampled_from(["HTTP", "GRPC", "TCP"]))
         docs.append(
-            f"apiVersion: hyphal.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n"
-            f"spec: {{selector: {{app: {name}}}, ports: [{{name: p, port: 8080, protocol: {proto}}}]}}"
+            f"apiVersion: hyphal.dev/v1alpha1\nkind: Service\n"
+            f"metadata: {{name: {name}, namespace: {ns}}}\n"
+            f"spec: {{selector: {{app: {name}}}, "
+            f"ports: [{{name: p, port: 8080, protocol: {proto}}}]}}"
         )
         if draw(st.booleans()):
             lb = draw(
@@ -42,8 +44,10 @@ def meshes(draw: st.DrawFn) -> str:
                 )
             )
             docs.append(
-                f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\n"
-                f"spec: {{host: {name}, trafficPolicy: {{loadBalancer: {lb}}}, subsets: [{{name: v1, labels: {{v: '1'}}}}]}}"
+                f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+                f"metadata: {{name: {name}, namespace: {ns}}}\n"
+                f"spec: {{host: {name}, trafficPolicy: {{loadBalancer: {lb}}}, "
+                f"subsets: [{{name: v1, labels: {{v: '1'}}}}]}}"
             )
         if draw(st.booleans()):
             target = draw(st.sampled_from(NAMES))
@@ -51,9 +55,14 @@ def meshes(draw: st.DrawFn) -> str:
             sub = f", subset: {subset}" if subset else ""
             export = draw(st.sampled_from(['["*"]', "[]"]))
             docs.append(
-                f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}}}\n"
-                f"spec: {{hosts: [{name}], exportTo: {export}, http: [{{match: [{{uri: {{prefix: /x}}}}], route: [{{destination: {{host: {target}{sub}}}, weight: 60}}, {{destination: {{host: {name}}}, weight: 40}}], "
-                f"mirror: {{host: {target}}}, fault: {{abort: {{httpStatus: 500, percentage: {{value: 1}}}}}}}}]}}"
+                f"apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                f"metadata: {{name: {name}, namespace: {ns}}}\n"
+                f"spec: {{hosts: [{name}], exportTo: {export}, "
+                f"http: [{{match: [{{uri: {{prefix: /x}}}}], "
+                f"route: [{{destination: {{host: {target}{sub}}}, weight: 60}}, "
+                f"{{destination: {{host: {name}}}, weight: 40}}], "
+                f"mirror: {{host: {target}}}, "
+                f"fault: {{abort: {{httpStatus: 500, percentage: {{value: 1}}}}}}}}]}}"
             )
     return "\n---\n".join(docs)
 

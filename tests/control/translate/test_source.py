@@ -17,7 +17,8 @@ def _info(i: int) -> NodeInfo:
     md = {
         "NAMESPACE": "shop", "SERVICE_ACCOUNT": "frontend", "LABELS": {"app": "frontend"},
         "PROXY_MODE": "sidecar", "OUTBOUND_HTTP_PORT": 21000.0, "INSTANCE_IP": "127.0.0.1",
-        "PORTS": [{"name": "http", "port": 8080.0, "protocol": "HTTP", "app_port": 21001.0, "inbound_port": 21002.0}],
+        "PORTS": [{"name": "http", "port": 8080.0, "protocol": "HTTP",
+                   "app_port": 21001.0, "inbound_port": 21002.0}],
     }  # fmt: skip
     return NodeInfo(id=f"frontend-{i}.shop", cluster="frontend", metadata=md, namespace="shop")
 

@@ -136,10 +136,16 @@ metadata: {name: product, namespace: shop}
 spec:
   host: product.shop.svc.cluster.local
   trafficPolicy:
-    loadBalancer: {consistentHash: {httpCookie: {name: sticky, ttl: 60s}, maglev: {tableSize: 65537}}}
+    loadBalancer:
+      consistentHash: {httpCookie: {name: sticky, ttl: 60s}, maglev: {tableSize: 65537}}
     connectionPool:
       tcp: {maxConnections: 10, connectTimeout: 250ms}
-      http: {http1MaxPendingRequests: 5, http2MaxRequests: 20, maxRetries: 3, idleTimeout: 30s, maxRequestsPerConnection: 7}
+      http:
+        http1MaxPendingRequests: 5
+        http2MaxRequests: 20
+        maxRetries: 3
+        idleTimeout: 30s
+        maxRequestsPerConnection: 7
     outlierDetection: {consecutive5xxErrors: 4, minHealthPercent: 50}
     healthCheck: {path: /healthz, interval: 2s}
   subsets:

@@ -1,4 +1,4 @@
-"""ADS stream authentication over the ports that `build_server` binds (mTLS, server TLS, plaintext)."""
+"""ADS stream authentication over the ports `build_server` binds (mTLS, server TLS, plaintext)."""
 
 from __future__ import annotations
 
@@ -216,7 +216,7 @@ def test_check_claim_and_peer_of_units() -> None:
     peer = peer_of({"transport_security_type": [b"ssl"], "x509_pem_cert": [pem]})
     assert peer.tls and peer.identity is not None and peer.identity.namespace == "shop"
     check_claim(peer, "n", "shop", "product", TD)
-    with pytest.raises(StreamRefused, match="other.domain"):
+    with pytest.raises(StreamRefused, match=r"other\.domain"):
         check_claim(peer, "n", "shop", "product", "other.domain")
     with pytest.raises(StreamRefused, match="missing SERVICE_ACCOUNT"):
         check_claim(peer, "n", "shop", "", TD)

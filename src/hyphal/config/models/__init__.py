@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from hyphal.config.models.base import Metadata, ResourceModel, Source
-from hyphal.config.models.destination_rule import *
+
+# The star imports re-export each model module's __all__ (the nested spec types).
+from hyphal.config.models.destination_rule import *  # noqa: F403
 from hyphal.config.models.destination_rule import DestinationRule
-from hyphal.config.models.hyphal import *
+from hyphal.config.models.hyphal import *  # noqa: F403
 from hyphal.config.models.hyphal import Service, Workload
-from hyphal.config.models.security import *
+from hyphal.config.models.security import *  # noqa: F403
 from hyphal.config.models.security import AuthorizationPolicy, PeerAuthentication
-from hyphal.config.models.service_entry import *
+from hyphal.config.models.service_entry import *  # noqa: F403
 from hyphal.config.models.service_entry import ServiceEntry
-from hyphal.config.models.virtual_service import *
+from hyphal.config.models.virtual_service import *  # noqa: F403
 from hyphal.config.models.virtual_service import VirtualService
 
 Resource = (

@@ -1,4 +1,7 @@
-"""`networking.istio.io` DestinationRule: traffic policy (balancing, pools, ejection, TLS) and subsets."""
+"""`networking.istio.io` DestinationRule: traffic policy (balancing, pools, ejection, TLS).
+
+And its subsets: named label sets, each of which may carry its own traffic policy.
+"""
 
 from __future__ import annotations
 

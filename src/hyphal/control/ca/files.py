@@ -1,4 +1,4 @@
-"""Private state files of the CA: 0700 directories, 0600 files, created once and never overwritten."""
+"""Private state files of the CA: 0700 directories, 0600 files, created once, never overwritten."""
 
 from __future__ import annotations
 

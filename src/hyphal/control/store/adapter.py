@@ -78,7 +78,8 @@ def parse_files(root: Path, files: Sequence[Path]) -> list[Resource]:
             src = res.source
             errors.append(config.ConfigError(
                 src.file if src else "<unknown>", src.document if src else 0, "metadata.name",
-                f"duplicate {res.kind} {res.namespace}/{res.name}: also defined at {source_of(prev)}",
+                f"duplicate {res.kind} {res.namespace}/{res.name}: "
+                f"also defined at {source_of(prev)}",
             ))
     if errors:
         raise ParseFailed([str(e) for e in errors])

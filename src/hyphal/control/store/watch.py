@@ -1,9 +1,9 @@
 """Directory watching by polling: a cheap fingerprint of the YAML files under a directory.
 
 No inotify: a fingerprint is the set of (relative path, mtime_ns, size) of every
-`*.yaml`/`*.yml`/`*.json` file that `config_files` lists, and any difference (a file added, removed, touched or
-resized) means "reload the whole directory". Polling every half second costs a few `stat`
-calls, and works the same on every platform and filesystem.
+`*.yaml`/`*.yml`/`*.json` file that `config_files` lists, and any difference (a file added,
+removed, touched or resized) means "reload the whole directory". Polling every half second
+costs a few `stat` calls, and works the same on every platform and filesystem.
 """
 
 from __future__ import annotations

@@ -137,7 +137,10 @@ class MeshIndex:
         )
 
     def resolve_host(self, host: str, namespace: str) -> str:
-        """Istio short names: `a` -> `a.<ns>.svc.cluster.local`, `a.b` -> `a.b.svc.cluster.local`."""
+        """Istio short names: `a` -> `a.<ns>.svc.cluster.local`, `a.b` -> `a.b.svc.cluster.local`.
+
+        A host that is already a known service name is returned as it is.
+        """
         if host in self.services:
             return host
         parts = host.split(".")

@@ -45,7 +45,7 @@ def _first(auth: Mapping[str, Iterable[bytes]], key: str) -> bytes | None:
 
 
 def peer_of(auth_context: Mapping[str, Iterable[bytes]]) -> Peer:
-    """Read the transport's proof from a gRPC auth context; StreamRefused if TLS has no usable cert."""
+    """Read the transport's proof from a gRPC auth context; StreamRefused if TLS has no cert."""
     security = _first(auth_context, "transport_security_type")
     if security != b"ssl":
         return Peer(tls=False, identity=None)
@@ -74,7 +74,7 @@ def check_claim(
     service_account: str,
     trust_domain: str | None = None,
 ) -> None:
-    """Raise StreamRefused (PERMISSION_DENIED) unless the node's claimed identity is the proven one."""
+    """Raise StreamRefused (PERMISSION_DENIED) unless the node's claimed identity is proven."""
     if peer.identity is None:
         return
     proven = peer.identity

@@ -105,7 +105,7 @@ def _check_type_url(type_url: str) -> None:
 
 
 class AdsStream:
-    """The protocol state of one ADS stream; feed it requests and snapshots, send what it returns."""
+    """Protocol state of one ADS stream: feed it requests and snapshots, send what it returns."""
 
     __slots__ = ("_nonce", "_snapshot", "_types", "node_id")
 
