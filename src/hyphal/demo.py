@@ -93,6 +93,18 @@ def show(state: MeshState, calls: int) -> None:
     order.close()
 
 
+def watch_split(state: MeshState, every: float = 5.0, calls: int = 200) -> None:
+    """Until Ctrl-C: the live product split, one line per `every` seconds, so that a
+    `hyphal apply` made in another terminal is seen being followed."""
+    front = MeshClient(_proxy_port(state, "frontend"))
+    while True:
+        split = measure_split(front, calls)
+        parts = ", ".join(f"{v} {n * 100 / calls:.0f}%" for v, n in sorted(split.items()))
+        print(f"{time.strftime('%H:%M:%S')} product split over the last {calls} calls: {parts}",
+              flush=True)
+        time.sleep(every)
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -116,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         show(state, args.calls)
         if not once:
             print(f"\nthe mesh is up. In another terminal try: hyphal status, "
+                  f"hyphal apply -f examples/try/product-50-50.yaml, "
                   f"hyphal proxy-config frontend routes, hyphal logs payment -f "
                   f"(run dir {args.run_dir}). Ctrl-C stops it.")
-            while True:
-                signal.pause()
+            watch_split(state)
     except KeyboardInterrupt:
         print("\ninterrupted")
         code = 130
