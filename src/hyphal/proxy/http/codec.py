@@ -180,7 +180,6 @@ class RequestReader(_Reader):
                          f"HTTP/{version.decode()} is not supported; use HTTP/1.1")
         host: bytes | None = None
         expect = False
-        upgrade = False
         for name, value in self._headers:
             lower = name.lower()
             if lower == b"host":
@@ -191,8 +190,6 @@ class RequestReader(_Reader):
                 if value.lower() != b"100-continue":
                     raise _Limit(417, "unsupported Expect header; only 100-continue is understood")
                 expect = True
-            elif lower == b"upgrade":
-                upgrade = True
         if version == b"1.1" and host is None:
             raise _Limit(400, "HTTP/1.1 request without a Host header")
         method = parser.get_method()

@@ -23,6 +23,7 @@ from hyphal.proxy.http.codec import (
 )
 from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.exchange import Exchange
+from hyphal.proxy.http.relay import Relay
 from hyphal.proxy.http.headers import local_response
 from hyphal.proxy.transport.tls import spiffe_id
 
@@ -191,7 +192,7 @@ class HttpDownstream(asyncio.Protocol):
     def pause_upstream_reads(self) -> bool:
         return self._write_paused
 
-    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
+    def exchange_done(self, exchange: Relay, keep_alive: bool) -> None:
         if self.queue and self.queue[0] is exchange:
             self.queue.popleft()
         if self.reading is exchange and exchange.req_done:

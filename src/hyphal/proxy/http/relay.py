@@ -1,0 +1,459 @@
+"""An exchange's state and its synchronous half: server-facing API and upstream callbacks.
+
+`Exchange` (exchange.py) adds the asynchronous half (route, policy, attempts). Upstream
+callbacks either commit the response (head written downstream, body streamed) or, for a
+retriable status before commit, end the attempt with RETRY.
+"""
+
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from typing import Protocol
+
+from hyphal.proxy.http.codec import RequestHead, ResponseHead
+from hyphal.proxy.http.context import ListenerContext
+from hyphal.proxy.http.headers import (
+    LAST_CHUNK,
+    Headers,
+    apply_transforms,
+    encode_chunk,
+    local_response,
+    response_head,
+    strip_hop_by_hop,
+)
+from hyphal.proxy.runtime.tables import (
+    ClusterSpec,
+    ProxyConfig,
+    RetryPolicy,
+    Route,
+    VirtualHost,
+)
+from hyphal.proxy.upstream.cluster import ClusterRuntime
+from hyphal.proxy.upstream.pool import UpstreamConnection
+from hyphal.telemetry.accesslog import iso_time
+
+log = logging.getLogger(__name__)
+
+REPLAY_LIMIT = 65536
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Downstream(Protocol):
+    peer_ip: str
+    peer_identity: str | None
+    port: int
+
+    def send(self, data: bytes) -> None: ...
+    def flush(self) -> None: ...
+    def pause_reading(self, reason: str) -> None: ...
+    def resume_reading(self, reason: str) -> None: ...
+    def pause_upstream_reads(self) -> bool: ...
+    def exchange_done(self, exchange: Relay, keep_alive: bool) -> None: ...
+    def abort(self) -> None: ...
+
+
+class Outcome(enum.Enum):
+    DONE = "done"
+    RETRY = "retry"
+    RESET = "reset"
+    TIMEOUT = "timeout"
+    BROKEN = "broken"  # failed after the response was committed
+
+
+_RETRY_ON_RESET = frozenset({"reset", "5xx", "gateway-error", "refused-stream"})
+_RETRY_ON_CONNECT = frozenset({"connect-failure", "5xx", "gateway-error", "reset"})
+_RETRY_ON_TIMEOUT = frozenset({"5xx", "gateway-error", "reset"})
+
+
+def _status_retriable(policy: RetryPolicy, status: int) -> bool:
+    on = policy.retry_on
+    if "5xx" in on and status >= 500:
+        return True
+    if "gateway-error" in on and status in (502, 503, 504):
+        return True
+    if "retriable-4xx" in on and status == 409:
+        return True
+    if "retriable-status-codes" in on and status in policy.retriable_status_codes:
+        return True
+    # Istio's default "unavailable" maps to 503 on HTTP/1.1.
+    return "unavailable" in on and status == 503 and not policy.retriable_status_codes
+
+
+class Relay:
+    __slots__ = (
+        "attempt",
+        "attempt_timer",
+        "authority",
+        "bytes_in",
+        "bytes_out",
+        "chunk_bytes",
+        "chunks",
+        "close_after",
+        "cluster_name",
+        "committed",
+        "config",
+        "ctx",
+        "down",
+        "ended",
+        "head",
+        "malformed",
+        "running",
+        "path",
+        "policy",
+        "reason",
+        "replayable",
+        "req_done",
+        "req_keep_alive",
+        "request_id",
+        "resp_done",
+        "resp_mode",
+        "retries_left",
+        "route",
+        "route_name",
+        "runtime",
+        "skip_informational",
+        "spec",
+        "started",
+        "started_wall",
+        "status",
+        "task",
+        "tunnel_pending",
+        "tunneling",
+        "up",
+        "up_until_close",
+        "upstream_addr",
+        "upstream_started",
+        "upstream_time_ms",
+        "vhost",
+    )
+
+    def __init__(self, down: Downstream, ctx: ListenerContext, head: RequestHead,
+                 config: ProxyConfig) -> None:
+        self.down = down
+        self.ctx = ctx
+        self.head = head
+        self.config = config  # pinned for the whole exchange
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.request_id = b""
+        self.chunks: list[bytes] = []
+        self.chunk_bytes = 0
+        self.replayable = True
+        self.req_done = False
+        self.req_keep_alive = head.keep_alive
+        self.up: UpstreamConnection | None = None
+        self.attempt: asyncio.Future[Outcome] | None = None
+        self.attempt_timer: asyncio.TimerHandle | None = None
+        self.committed = False
+        self.resp_done = False
+        self.status = 0
+        self.reason = "-"
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.route_name = "-"
+        self.cluster_name = "-"
+        self.upstream_addr = "-"
+        self.resp_mode = "length"
+        self.up_until_close = False
+        self.skip_informational = False
+        self.tunnel_pending: list[bytes] = []
+        self.tunneling = False
+        self.close_after = False
+        self.task: asyncio.Task[None] | None = None
+        self.route: Route | None = None
+        self.vhost: VirtualHost | None = None
+        self.policy: RetryPolicy | None = None
+        self.retries_left = 0
+        self.runtime: ClusterRuntime | None = None
+        self.spec: ClusterSpec | None = None
+        self.upstream_started = 0.0
+        self.upstream_time_ms = -1.0
+        self.authority = ""
+        self.path = ""
+        self.ended = False
+        self.malformed = False
+        self.running = False
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    def feed_body(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        up = self.up
+        if up is not None and self.attempt is not None:
+            up.write(encode_chunk(data) if self.head.chunked else data)
+            if self.replayable:
+                self.chunks.append(data)
+                self.chunk_bytes += len(data)
+                if self.chunk_bytes > REPLAY_LIMIT:
+                    self.replayable = False
+                    self.chunks.clear()
+            return
+        self.chunks.append(data)
+        self.chunk_bytes += len(data)
+        if self.chunk_bytes > REPLAY_LIMIT:
+            self.replayable = False
+            self.down.pause_reading("buffer")
+
+    def end_request(self, keep_alive: bool) -> None:
+        self.req_done = True
+        self.req_keep_alive = keep_alive and self.req_keep_alive
+        up = self.up
+        if up is not None and self.attempt is not None and self.head.chunked:
+            up.write(LAST_CHUNK)
+
+    def request_error(self) -> None:
+        """The request body turned out malformed: answer 400 if nothing was sent yet."""
+        self.malformed = True
+        self.close_after = True
+        # A task that has not run yet sees `malformed` first thing; one that is waiting on
+        # the upstream is cancelled and answers from its handler.
+        if self.running and self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def tunnel_data(self, data: bytes) -> None:
+        if self.tunneling and self.up is not None:
+            self.up.write(data)
+        else:
+            self.tunnel_pending.append(data)
+
+    def downstream_lost(self) -> None:
+        self.close_after = True
+        if self.running and self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.tunneling and self.up is not None:
+            self.up.close()
+
+    def down_pause_writing(self) -> None:
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.pause_reading()
+
+    def down_resume_writing(self) -> None:
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.resume_reading()
+
+    def _may_retry(self, kinds: frozenset[str], runtime: ClusterRuntime) -> bool:
+        policy = self.policy
+        if policy is None or self.retries_left <= 0 or self.committed or not self.replayable:
+            return False
+        if not (policy.retry_on & kinds) or not runtime.retry_allowed():
+            return False
+        self.retries_left -= 1
+        self.ctx.stats.count("hyphal_upstream_rq_retry", runtime.spec.name)
+        return True
+
+    def _settle(self, outcome: Outcome) -> None:
+        fut = self.attempt
+        if fut is not None and not fut.done():
+            fut.set_result(outcome)
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        status = head.status
+        if self.upstream_time_ms < 0:
+            self.upstream_time_ms = (time.monotonic() - self.upstream_started) * 1000
+        if 100 <= status < 200 and status != 101:
+            self.skip_informational = True
+            return
+        policy = self.policy
+        if (policy is not None and self.retries_left > 0 and self.replayable
+                and _status_retriable(policy, status) and self.runtime is not None
+                and self._may_retry(frozenset(policy.retry_on), self.runtime)):
+            conn = self.up
+            self.up = None
+            if conn is not None:
+                conn.close()
+            self.status = status
+            self._settle(Outcome.RETRY)
+            return
+        self._commit(head)
+
+    def _commit(self, head: ResponseHead) -> None:
+        self.committed = True
+        status = head.status
+        self.status = status
+        self.reason = "-"
+        headers = strip_hop_by_hop(head.headers, keep_upgrade=status == 101)
+        route = self.route
+        vhost = self.vhost
+        if route is not None and (route.response_headers_to_add or route.response_headers_to_remove):
+            headers = apply_transforms(headers, route.response_headers_to_remove,
+                                       route.response_headers_to_add)
+        if vhost is not None and (vhost.response_headers_to_add or vhost.response_headers_to_remove):
+            headers = apply_transforms(headers, vhost.response_headers_to_remove,
+                                       vhost.response_headers_to_add)
+        self.up_until_close = not head.chunked and head.content_length is None
+        if self.head.upgrade and status != 101:
+            self.close_after = True  # the client's bytes after its Upgrade are not HTTP
+        if status == 101:
+            headers.append((b"Connection", b"Upgrade"))
+            self.resp_mode = "none"
+            self.up_until_close = False
+        elif self.head.method == b"HEAD" or status in (204, 304):
+            if head.content_length is not None and status != 204:
+                headers.append((b"Content-Length", str(head.content_length).encode()))
+            self.resp_mode = "none"
+            self.up_until_close = False
+        elif head.content_length is not None:
+            headers.append((b"Content-Length", str(head.content_length).encode()))
+            self.resp_mode = "length"
+        elif self.head.version == b"1.1":
+            headers.append((b"Transfer-Encoding", b"chunked"))
+            self.resp_mode = "chunked"
+        else:
+            self.resp_mode = "close"
+            self.close_after = True
+        if not self.req_keep_alive or self.close_after or self.ctx.draining:
+            headers.append((b"Connection", b"close"))
+            self.close_after = True
+        elif self.head.version == b"1.0":
+            headers.append((b"Connection", b"keep-alive"))
+        self.down.send(response_head(status, head.reason, headers,
+                                     b"1.1" if self.head.version == b"1.1" else b"1.0"))
+
+    def on_response_body(self, data: bytes) -> None:
+        if not self.committed or self.skip_informational:
+            return
+        self.bytes_out += len(data)
+        if self.resp_mode == "chunked":
+            self.down.send(encode_chunk(data))
+        else:
+            self.down.send(data)
+
+    def on_response_end(self, keep_alive: bool) -> None:
+        if self.skip_informational:
+            self.skip_informational = False
+            return
+        if not self.committed or self.status == 101:
+            return
+        if self.resp_mode == "chunked":
+            self.down.send(LAST_CHUNK)
+        self.resp_done = True
+        conn = self.up
+        self.up = None
+        if conn is not None:
+            spec = self.spec
+            self.ctx.pool.release(conn, keep_alive and self.req_done,
+                                  spec.max_requests_per_connection if spec else None)
+        self._settle(Outcome.DONE)
+
+    def on_upstream_upgrade(self, rest: bytes) -> None:
+        if self.status != 101:
+            # Upgrade without 101: nothing sensible can follow on this connection.
+            self.on_upstream_lost()
+            return
+        self.tunneling = True
+        if self.attempt_timer is not None:
+            self.attempt_timer.cancel()
+            self.attempt_timer = None
+        if rest:
+            self.down.send(rest)
+        if self.up is not None:
+            for chunk in self.tunnel_pending:
+                self.up.write(chunk)
+        self.tunnel_pending.clear()
+        self.close_after = True
+
+    def on_tunnel_data(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.down.send(data)
+        self.down.flush()
+
+    def on_upstream_error(self, detail: str) -> None:
+        log.debug("upstream %s sent a malformed response: %s", self.upstream_addr, detail)
+        conn = self.up
+        self.up = None
+        if conn is not None:
+            conn.abort()
+        self._settle(Outcome.BROKEN if self.committed else Outcome.RESET)
+
+    def on_upstream_lost(self) -> None:
+        self.up = None
+        if self.tunneling:
+            self.resp_done = True
+            self._settle(Outcome.DONE)
+            return
+        if self.committed and not self.resp_done:
+            if self.up_until_close or self.resp_mode == "close":
+                if self.resp_mode == "chunked":
+                    self.down.send(LAST_CHUNK)
+                self.resp_done = True
+                self._settle(Outcome.DONE)
+                return
+            self._settle(Outcome.BROKEN)
+            return
+        self._settle(Outcome.RESET)
+
+    def on_upstream_flush(self) -> None:
+        self.down.flush()
+
+    def upstream_pause_writing(self) -> None:
+        self.down.pause_reading("upstream")
+
+    def upstream_resume_writing(self) -> None:
+        self.down.resume_reading("upstream")
+
+    def _local(self, status: int, flag: str, body: bytes | None = None,
+               extra: Headers | None = None) -> None:
+        if self.committed:
+            return
+        self.committed = True
+        self.resp_done = True
+        self.status = status
+        self.reason = flag
+        if not self.req_done or not self.req_keep_alive or self.ctx.draining:
+            self.close_after = True
+        if self.head.upgrade:
+            self.close_after = True
+        data = local_response(status, flag, self.request_id or None, close=self.close_after,
+                              body=body, extra=extra, head_only=self.head.method == b"HEAD")
+        self.bytes_out += len(data)
+        self.down.send(data)
+        self.down.flush()
+
+    def _finish(self) -> None:
+        conn = self.up
+        self.up = None
+        if conn is not None:
+            conn.abort()
+        if not self.resp_done:
+            self.close_after = True
+            if self.reason == "-":
+                self.reason = "downstream_disconnect"
+        ctx = self.ctx
+        duration_ms = (time.monotonic() - self.started) * 1000
+        cluster = self.spec
+        labels = ctx.labels(self.config, cluster, self.down.peer_identity)
+        ctx.stats.record_request(labels, self.status, self.reason, duration_ms)
+        if ctx.access_log.enabled:
+            ctx.access_log.log({
+                "start_time": iso_time(self.started_wall),
+                "request_id": self.request_id.decode("latin-1") or "-",
+                "method": self.head.method.decode("latin-1"),
+                "authority": self.authority or (self.head.host or b"-").decode("latin-1"),
+                "path": self.path or self.head.target.decode("latin-1", "replace"),
+                "protocol": f"HTTP/{self.head.version.decode()}",
+                "downstream_peer": self.down.peer_ip,
+                "downstream_identity": self.down.peer_identity or "-",
+                "listener": ctx.spec.name,
+                "route": self.route_name,
+                "cluster": self.cluster_name,
+                "upstream_host": self.upstream_addr,
+                "status": self.status,
+                "reason": self.reason,
+                "bytes_received": self.bytes_in,
+                "bytes_sent": self.bytes_out,
+                "duration_ms": round(duration_ms, 3),
+                "upstream_service_time_ms": round(self.upstream_time_ms, 3)
+                if self.upstream_time_ms >= 0 else None,
+            })
+        self.ended = True
+        if not self.req_done:
+            self.close_after = True  # the rest of the request body has nowhere to go
+        self.down.exchange_done(self, self.req_keep_alive and not self.close_after)
+
+    async def run(self) -> None:
+        raise NotImplementedError  # Exchange.run
