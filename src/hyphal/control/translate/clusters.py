@@ -134,11 +134,10 @@ def _outlier(od: OutlierParams) -> Message:
         base_ejection_time=duration(od.base_ejection_time),
         max_ejection_percent=u32(od.max_ejection_percent),
     )
+    # Unset: Envoy's defaults (5 consecutive 5xx, enforced), as Istio leaves them; 0 = off.
     if od.consecutive_5xx is not None:
         out.consecutive_5xx.value = od.consecutive_5xx
         out.enforcing_consecutive_5xx.value = 100 if od.consecutive_5xx > 0 else 0
-    else:
-        out.enforcing_consecutive_5xx.value = 0
     if od.consecutive_gateway_failure is not None:
         out.consecutive_gateway_failure.value = od.consecutive_gateway_failure
         out.enforcing_consecutive_gateway_failure.value = 100

@@ -63,6 +63,9 @@ def compile_cluster(c: cluster_pb2.Cluster) -> CompiledCluster:
             "outlier_detection",
             "transport_socket",
             "metadata",
+            "common_lb_config",
+            "ring_hash_lb_config",
+            "maglev_lb_config",
         },
         "",
     )
@@ -99,10 +102,16 @@ def compile_cluster(c: cluster_pb2.Cluster) -> CompiledCluster:
         if o.HasField("max_requests_per_connection"):
             max_req = o.max_requests_per_connection.value or None
     labels = hyphal_metadata(c.metadata, w, "metadata")
+    lb = _LB[c.lb_policy]
+    if labels.get("lb") == "PEAK_EWMA":
+        if lb is not LbPolicy.LEAST_REQUEST:
+            raise w.error("metadata.filter_metadata.hyphal.lb",
+                          "PEAK_EWMA marks a LEAST_REQUEST cluster only")
+        lb = LbPolicy.PEAK_EWMA
     spec = ClusterSpec(
         name=c.name,
         endpoints=endpoints,
-        lb=_LB[c.lb_policy],
+        lb=lb,
         tls=upstream_tls(c, w),
         connect_timeout_s=seconds(c.connect_timeout) if c.HasField("connect_timeout") else 5.0,
         circuit_breaker=circuit_breaker(c, w),
@@ -111,9 +120,32 @@ def compile_cluster(c: cluster_pb2.Cluster) -> CompiledCluster:
         max_requests_per_connection=max_req,
         health_check=health_check(c, w),
         lb_metadata={k: v for k, v in labels.items() if isinstance(v, str)},
+        ring_min_size=_ring_size(c, w),
+        maglev_table_size=_maglev_size(c, w),
         service=_service(c.name, labels),
     )
     return CompiledCluster(spec, eds_name)
+
+
+def _ring_size(c: cluster_pb2.Cluster, w: Where) -> int:
+    if not c.HasField("ring_hash_lb_config"):
+        return 1024
+    w.only(c.ring_hash_lb_config, {"minimum_ring_size"}, "ring_hash_lb_config")
+    size = c.ring_hash_lb_config.minimum_ring_size.value or 1024
+    if size > 8 * 1024 * 1024:
+        raise w.error("ring_hash_lb_config.minimum_ring_size", "must be at most 8388608")
+    return size
+
+
+def _maglev_size(c: cluster_pb2.Cluster, w: Where) -> int:
+    if not c.HasField("maglev_lb_config"):
+        return 65537
+    w.only(c.maglev_lb_config, {"table_size"}, "maglev_lb_config")
+    size = c.maglev_lb_config.table_size.value or 65537
+    if size < 2 or size > 5_000_011 or any(size % p == 0 for p in range(2, int(size**0.5) + 1)):
+        raise w.error("maglev_lb_config.table_size",
+                      f"{size} is not a prime up to 5000011 (try 65537)")
+    return size
 
 
 def _service(name: str, md: dict[str, object]) -> str:
@@ -179,6 +211,19 @@ def circuit_breaker(c: cluster_pb2.Cluster, w: Where) -> CircuitBreaker:
     )
 
 
+def _panic_threshold(c: cluster_pb2.Cluster, w: Where) -> float:
+    """`common_lb_config.healthy_panic_threshold` (Istio's minHealthPercent); Envoy's 50%."""
+    if not c.HasField("common_lb_config"):
+        return OutlierSpec().healthy_panic_threshold
+    w.only(c.common_lb_config, {"healthy_panic_threshold"}, "common_lb_config")
+    if not c.common_lb_config.HasField("healthy_panic_threshold"):
+        return OutlierSpec().healthy_panic_threshold
+    value = c.common_lb_config.healthy_panic_threshold.value
+    if not 0.0 <= value <= 100.0:
+        raise w.error("common_lb_config.healthy_panic_threshold", "must be in [0, 100]")
+    return float(value)
+
+
 def outlier(c: cluster_pb2.Cluster, w: Where) -> OutlierSpec | None:
     if not c.HasField("outlier_detection"):
         return None
@@ -196,6 +241,7 @@ def outlier(c: cluster_pb2.Cluster, w: Where) -> OutlierSpec | None:
             "enforcing_consecutive_gateway_failure",
             "enforcing_success_rate",
             "split_external_local_origin_errors",
+            "max_ejection_time",
         },
         path,
     )
@@ -230,6 +276,12 @@ def outlier(c: cluster_pb2.Cluster, w: Where) -> OutlierSpec | None:
         max_ejection_percent=o.max_ejection_percent.value
         if o.HasField("max_ejection_percent")
         else d.max_ejection_percent,
+        max_ejection_time_s=max(
+            seconds(o.max_ejection_time) if o.HasField("max_ejection_time")
+            else d.max_ejection_time_s,
+            seconds(o.base_ejection_time) if o.HasField("base_ejection_time")
+            else d.base_ejection_time_s),
+        healthy_panic_threshold=_panic_threshold(c, w),
     )
 
 
@@ -242,15 +294,20 @@ def health_check(c: cluster_pb2.Cluster, w: Where) -> HealthCheckSpec | None:
     path = "health_checks[0]"
     w.only(
         h,
-        {"timeout", "interval", "unhealthy_threshold", "healthy_threshold", "http_health_check"},
+        {"timeout", "interval", "unhealthy_threshold", "healthy_threshold", "http_health_check",
+         "tcp_health_check"},
         path,
     )
-    if not h.HasField("http_health_check"):
-        raise w.error(path, "only http_health_check is supported")
+    tcp = h.HasField("tcp_health_check")
+    if tcp:
+        w.only(h.tcp_health_check, set(), join(path, "tcp_health_check"))
+    elif not h.HasField("http_health_check"):
+        raise w.error(path, "needs http_health_check or tcp_health_check")
     hh: hc.HealthCheck.HttpHealthCheck = h.http_health_check
     w.only(hh, {"path", "host"}, join(path, "http_health_check"))
     d = HealthCheckSpec()
     return HealthCheckSpec(
+        tcp=tcp,
         path=hh.path or "/",
         interval_s=seconds(h.interval) if h.HasField("interval") else d.interval_s,
         timeout_s=seconds(h.timeout) if h.HasField("timeout") else d.timeout_s,

@@ -413,8 +413,10 @@ def hash_policy(h: rc.RouteAction.HashPolicy, where: Where, path: str) -> HashPo
     if kind == "header":
         return HashPolicy(header=h.header.header_name.lower())
     if kind == "cookie":
-        where.only(h.cookie, {"name"}, join(path, "cookie"))
-        return HashPolicy(cookie=h.cookie.name)
+        where.only(h.cookie, {"name", "ttl", "path"}, join(path, "cookie"))
+        ttl = seconds(h.cookie.ttl) if h.cookie.HasField("ttl") else None
+        return HashPolicy(cookie=h.cookie.name, cookie_ttl_s=ttl or None,
+                          cookie_path=h.cookie.path or "/")
     if kind == "query_parameter":
         return HashPolicy(query_parameter=h.query_parameter.name)
     if kind == "connection_properties" and h.connection_properties.source_ip:

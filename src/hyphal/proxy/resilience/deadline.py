@@ -80,7 +80,8 @@ def format_deadline_header(remaining_s: float) -> str:
     """Integer milliseconds remaining, floored (a deadline is never extended); 0 if passed."""
     if remaining_s <= 0:
         return "0"
-    return str(int(remaining_s * 1000.0 + 1e-9))
+    # Round away float noise first (33554.429 s * 1000 is 33554428.999...), then floor.
+    return str(int(round(remaining_s * 1000.0, 6)))
 
 
 def remaining_from_headers(headers: Mapping[str, str]) -> float | None:

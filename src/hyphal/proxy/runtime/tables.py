@@ -218,6 +218,9 @@ class HashPolicy:
     cookie: str | None = None
     query_parameter: str | None = None
     source_ip: bool = False
+    # A cookie term whose cookie is absent makes one (sticky sessions); None ttl = session.
+    cookie_ttl_s: float | None = None
+    cookie_path: str | None = "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +338,7 @@ class LbPolicy(StrEnum):
     RANDOM = "random"
     RING_HASH = "ring_hash"
     MAGLEV = "maglev"
+    PEAK_EWMA = "peak_ewma"  # hyphal's latency-aware P2C (a LEAST_REQUEST cluster + marker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,15 +386,24 @@ class OutlierSpec:
     interval_s: float = 10.0
     base_ejection_time_s: float = 30.0
     max_ejection_percent: int = 10
+    max_ejection_time_s: float = 300.0
+    # Envoy's common_lb_config.healthy_panic_threshold (Istio's minHealthPercent).
+    healthy_panic_threshold: float = 50.0
+    # One host may always be ejected even when max_ejection_percent rounds to zero hosts
+    # (10% of 3): what Envoy does in practice and what Istio users expect.
+    always_eject_one_host: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class HealthCheckSpec:
+    """An HTTP GET of `path` expecting 2xx, or a plain TCP connect when `tcp`."""
+
     path: str = "/"
     interval_s: float = 5.0
     timeout_s: float = 1.0
     unhealthy_threshold: int = 2
     healthy_threshold: int = 1
+    tcp: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +419,8 @@ class ClusterSpec:
     max_requests_per_connection: int | None = None
     health_check: HealthCheckSpec | None = None
     lb_metadata: Mapping[str, str] = field(default_factory=dict)
+    ring_min_size: int = 1024  # ring_hash_lb_config.minimum_ring_size
+    maglev_table_size: int = 65537  # maglev_lb_config.table_size (a prime)
     # Istio telemetry labels for the destination (service FQDN, workload, ...).
     service: str = ""
 
