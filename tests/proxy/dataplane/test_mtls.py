@@ -12,7 +12,6 @@ import pytest
 
 from hyphal.proxy.runtime.tables import (
     AnyRule,
-    ClusterAction,
     ListenerKind,
     ListenerSpec,
     MethodRule,
@@ -21,8 +20,6 @@ from hyphal.proxy.runtime.tables import (
     PrincipalRule,
     RbacEngine,
     RbacPolicy,
-    Route,
-    RouteMatch,
     StringKind,
     StringMatch,
     UpstreamTls,

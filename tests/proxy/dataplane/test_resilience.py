@@ -201,3 +201,32 @@ async def test_access_log_lines(echo, dataplane, tmp_path):
     assert lines[0]["request_id"] == "rid-1" and lines[0]["status"] == 200
     assert lines[0]["path"] == "/hello" and lines[0]["cluster"] == "app" and lines[0]["reason"] == "-"
     assert lines[1]["status"] == 404 and lines[1]["reason"] == "no_route"
+
+
+async def test_circuit_breaker_max_requests(echo, dataplane):
+    from hyphal.proxy.runtime.tables import CircuitBreaker
+
+    app = echo("app")
+    port = free_port()
+    await dataplane(one_route(port, (cluster("app", ("127.0.0.1", app.port),
+                                             circuit_breaker=CircuitBreaker(max_requests=1)), 1)))
+    slow = asyncio.ensure_future(get(port, "/sleep/400"))
+    await asyncio.sleep(0.15)
+    response = await get(port, "/")
+    assert (response.status_code, response.headers["x-hyphal-reason"]) == (503, "circuit_open")
+    assert (await slow).status_code == 200
+    assert (await get(port, "/")).status_code == 200
+
+
+async def test_outlier_detection_ejects_a_failing_endpoint(echo, dataplane):
+    from hyphal.proxy.runtime.tables import OutlierSpec
+
+    app = echo("app")
+    port = free_port()
+    spec = cluster("app", ("127.0.0.1", free_port()), ("127.0.0.1", app.port),
+                   outlier=OutlierSpec(consecutive_gateway_failure=1, base_ejection_time_s=30,
+                                       max_ejection_percent=50))
+    plane = await dataplane(one_route(port, (spec, 1)))
+    codes = [(await get(port, "/")).status_code for _ in range(8)]
+    assert codes.count(503) == 1 and codes.count(200) == 7  # one failure, then ejected
+    assert plane.stats.counter("hyphal_upstream_cx_connect_fail", "app") == 1
