@@ -6,7 +6,9 @@ import argparse
 import datetime as dt
 import logging
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-5s %(name)s: %(message)s"
 
@@ -113,12 +115,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_loop(main: object) -> None:
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
     import asyncio
 
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but keep running without
-        asyncio.run(main)  # type: ignore[arg-type]
+        asyncio.run(main)
         return
-    uvloop.run(main)  # type: ignore[arg-type]
+    uvloop.run(main)

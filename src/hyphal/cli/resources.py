@@ -277,7 +277,7 @@ def run_get(args: argparse.Namespace) -> int:
         resources = [i["resource"] for i in items]
         print(json.dumps(resources[0] if args.name else {"items": resources}, indent=2))
     elif args.output == "yaml":
-        import yaml  # type: ignore[import-untyped,unused-ignore]
+        import yaml
 
         print(yaml.safe_dump_all([i["resource"] for i in items], sort_keys=False), end="")
     elif args.output == "name":

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from hyphal.config.models import (
     AuthorizationPolicy,

@@ -119,7 +119,7 @@ async def request_certificate(
     async with grpc.aio.secure_channel(
         ca_address, creds, options=_channel_options(ca_address)
     ) as channel:
-        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call,unused-ignore]
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)
         try:
             response = await stub.CreateCertificate(request, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:

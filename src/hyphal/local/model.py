@@ -10,10 +10,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 RestartPolicy = Literal["Always", "OnFailure", "Never"]
-_RESTART_POLICIES: tuple[str, ...] = ("Always", "OnFailure", "Never")
+_RESTART_POLICIES: tuple[RestartPolicy, ...] = ("Always", "OnFailure", "Never")
+
+
+def _is_restart_policy(value: str) -> TypeGuard[RestartPolicy]:
+    return value in _RESTART_POLICIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +135,7 @@ def workload_from_config(obj: Any) -> WorkloadSpec:
     if not command:
         raise ValueError(f"Workload {namespace}/{name}: spec.command is required to run it locally")
     policy = str(_get(spec, "restart_policy", "restartPolicy", default="Always"))
-    if hasattr(policy, "value"):
-        policy = str(policy.value)
-    if policy not in _RESTART_POLICIES:
+    if not _is_restart_policy(policy):
         raise ValueError(f"Workload {namespace}/{name}: restartPolicy {policy!r} is not one of "
                          f"{', '.join(_RESTART_POLICIES)}")
     working_dir = _get(spec, "working_dir", "workingDir")
@@ -146,7 +148,7 @@ def workload_from_config(obj: Any) -> WorkloadSpec:
         command=tuple(command),
         replicas=int(_get(spec, "replicas", default=1)),
         env=_env(_get(spec, "env")),
-        restart_policy=policy,  # type: ignore[arg-type]
+        restart_policy=policy,
         working_dir=None if working_dir is None else str(working_dir),
     )
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from hyphal.local import control as control_api
 from hyphal.local import procs
@@ -41,6 +42,16 @@ def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _PROXY_VARS}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+class _RecordChanges(TypedDict, total=False):
+    """The fields of a ProcessRecord that change while its process lives."""
+
+    pid: int | None
+    start_ticks: int | None
+    state: str
+    restarts: int
+    exit_code: int | None
 
 
 class Supervisor:
@@ -96,8 +107,8 @@ class Supervisor:
     def _save(self) -> None:
         self.run_dir.write_state(self.state())
 
-    def _set(self, name: str, **changes: object) -> None:
-        self._records[name] = replace(self._records[name], **changes)  # type: ignore[arg-type]
+    def _set(self, name: str, **changes: Unpack[_RecordChanges]) -> None:
+        self._records[name] = replace(self._records[name], **changes)
         self._save()
 
     def _set_phase(self, phase: str, error: str | None = None) -> None:

@@ -56,27 +56,27 @@ def parse_and_check(csr_pem: bytes, expected: SpiffeId) -> SignablePublicKey:
         raise CsrError(f"CSR could not be decoded: {exc}") from None
     if not signature_ok:
         raise CsrError("CSR signature does not verify: it was not signed by the key it carries")
-    _check_key(public_key)
+    key = _check_key(public_key)
     requested = _requested_uris(csr)
     if requested != [expected.uri]:
         raise IdentityMismatch(requested, expected)
-    return public_key  # type: ignore[return-value]  # narrowed by _check_key
+    return key
 
 
-def _check_key(public_key: object) -> None:
+def _check_key(public_key: object) -> SignablePublicKey:
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if not isinstance(public_key.curve, ec.SECP256R1):
             raise CsrError(
                 f"CSR key uses curve {public_key.curve.name}; the CA signs ECDSA P-256 "
                 f"(secp256r1) or RSA >= {MIN_RSA_BITS} keys"
             )
-        return
+        return public_key
     if isinstance(public_key, rsa.RSAPublicKey):
         if public_key.key_size < MIN_RSA_BITS:
             raise CsrError(
                 f"CSR key is RSA {public_key.key_size} bits; the minimum is {MIN_RSA_BITS}"
             )
-        return
+        return public_key
     raise CsrError(f"CSR key type {type(public_key).__name__} is not supported; use ECDSA P-256")
 
 

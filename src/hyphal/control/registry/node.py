@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from google.protobuf import json_format  # type: ignore[import-untyped,unused-ignore]
+from google.protobuf import json_format
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _EMPTY_PORTS: Mapping[str, int] = MappingProxyType({})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml  # type: ignore[import-untyped,unused-ignore]
+import yaml
 
 from hyphal.control.store import kinds
 

@@ -4,64 +4,64 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoy.config.cluster.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.config.cluster.v3 import (
     circuit_breaker_pb2,
     cluster_pb2,
     outlier_detection_pb2,
 )
-from envoy.config.core.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.config.core.v3 import (
     address_pb2,
     base_pb2,
     config_source_pb2,
     health_check_pb2,
     protocol_pb2,
 )
-from envoy.config.endpoint.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.config.endpoint.v3 import (
     endpoint_components_pb2,
     endpoint_pb2,
 )
-from envoy.config.listener.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.config.listener.v3 import (
     api_listener_pb2,
     listener_components_pb2,
     listener_pb2,
 )
-from envoy.config.rbac.v3 import rbac_pb2  # type: ignore[import-untyped,unused-ignore]
-from envoy.config.route.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.route.v3 import (
     route_components_pb2,
     route_pb2,
 )
-from envoy.extensions.filters.common.fault.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.extensions.filters.common.fault.v3 import (
     fault_pb2 as common_fault_pb2,
 )
-from envoy.extensions.filters.http.fault.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.extensions.filters.http.fault.v3 import (
     fault_pb2,
 )
-from envoy.extensions.filters.http.rbac.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.extensions.filters.http.rbac.v3 import (
     rbac_pb2 as http_rbac_pb2,
 )
-from envoy.extensions.filters.http.router.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.extensions.filters.http.router.v3 import (
     router_pb2,
 )
-from envoy.extensions.filters.network.http_connection_manager.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from envoy.extensions.filters.network.rbac.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.extensions.filters.network.rbac.v3 import (
     rbac_pb2 as network_rbac_pb2,
 )
-from envoy.extensions.filters.network.tcp_proxy.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.extensions.filters.network.tcp_proxy.v3 import (
     tcp_proxy_pb2,
 )
-from envoy.extensions.transport_sockets.tls.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.extensions.transport_sockets.tls.v3 import (
     common_pb2 as tls_common_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import (
     secret_pb2,
     tls_pb2,
 )
-from envoy.extensions.upstreams.http.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.extensions.upstreams.http.v3 import (
     http_protocol_options_pb2,
 )
-from envoy.type.matcher.v3 import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.type.matcher.v3 import (
     metadata_pb2 as metadata_matcher_pb2,
 )
 from envoy.type.matcher.v3 import (
@@ -69,8 +69,8 @@ from envoy.type.matcher.v3 import (
     regex_pb2,
     string_pb2,
 )
-from envoy.type.v3 import percent_pb2  # type: ignore[import-untyped,unused-ignore]
-from google.protobuf import (  # type: ignore[import-untyped,unused-ignore]
+from envoy.type.v3 import percent_pb2
+from google.protobuf import (
     any_pb2,
     duration_pb2,
     struct_pb2,

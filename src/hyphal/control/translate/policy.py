@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
 
 from hyphal.config.models import DestinationRule
 from hyphal.config.models.destination_rule import (
+    ClientTLSSettings,
+    ConnectionPoolSettings,
     ConsistentHashLB,
+    HealthCheck,
+    HTTPSettings,
     LoadBalancerSettings,
+    OutlierDetection,
     PortTrafficPolicy,
+    TCPSettings,
     TrafficPolicy,
 )
 from hyphal.control.translate.clusters import (
@@ -31,7 +39,7 @@ _SIMPLE = {
     "PEAK_EWMA": "PEAK_EWMA",
 }
 
-_FIELDS = ("load_balancer", "connection_pool", "outlier_detection", "tls", "health_check")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,62 @@ def _lb(lb: LoadBalancerSettings | None) -> tuple[LbParams, ConsistentHashLB | N
     return LbParams(_SIMPLE.get(lb.simple or "ROUND_ROBIN", "ROUND_ROBIN")), None
 
 
+def _over(new: T | None, old: T | None) -> T | None:
+    return new if new is not None else old
+
+
+def _or(value: T | None, default: T) -> T:
+    return value if value is not None else default
+
+
+def _seconds(d: timedelta | None) -> float | None:
+    return None if d is None else d.total_seconds()
+
+
+def _pool(cp: ConnectionPoolSettings | None) -> PoolParams:
+    default = PoolParams()
+    if cp is None:
+        return default
+    tcp = cp.tcp if cp.tcp is not None else TCPSettings()
+    http = cp.http if cp.http is not None else HTTPSettings()
+    return PoolParams(
+        max_connections=_or(tcp.max_connections, default.max_connections),
+        max_pending_requests=_or(http.http1_max_pending_requests, default.max_pending_requests),
+        max_requests=_or(http.http2_max_requests, default.max_requests),
+        max_retries=_or(http.max_retries, default.max_retries),
+        connect_timeout=_or(_seconds(tcp.connect_timeout), default.connect_timeout),
+        idle_timeout=_seconds(_over(http.idle_timeout, tcp.idle_timeout)),
+        # 0 means unlimited in Istio
+        max_requests_per_connection=http.max_requests_per_connection or None,
+    )
+
+
+def _outlier(od: OutlierDetection | None) -> OutlierParams | None:
+    if od is None:
+        return None
+    default = OutlierParams()
+    return OutlierParams(
+        consecutive_5xx=od.consecutive_5xx_errors,
+        consecutive_gateway_failure=od.consecutive_gateway_errors,
+        interval=_or(_seconds(od.interval), default.interval),
+        base_ejection_time=_or(_seconds(od.base_ejection_time), default.base_ejection_time),
+        max_ejection_percent=_or(od.max_ejection_percent, default.max_ejection_percent),
+        min_health_percent=od.min_health_percent,
+    )
+
+
+def _health(hc: HealthCheck | None) -> HealthCheckParams | None:
+    if hc is None:
+        return None
+    return HealthCheckParams(
+        path=hc.path,
+        interval=hc.interval.total_seconds(),
+        timeout=hc.timeout.total_seconds(),
+        unhealthy_threshold=hc.unhealthy_threshold,
+        healthy_threshold=hc.healthy_threshold,
+    )
+
+
 def resolve(rule: DestinationRule | None, port: int, subset: str) -> Resolved | None:
     """Effective settings for a cluster; None when `subset` is not defined by the rule."""
     layers: list[TrafficPolicy | PortTrafficPolicy] = []
@@ -90,67 +154,22 @@ def resolve(rule: DestinationRule | None, port: int, subset: str) -> Resolved | 
             return None
         labels = dict(ss.labels)
         layers += _layers(ss.traffic_policy, port)
-    eff: dict[str, object] = {}
+    lb_settings: LoadBalancerSettings | None = None
+    cp: ConnectionPoolSettings | None = None
+    od: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+    hc: HealthCheck | None = None
     for layer in layers:  # later layers override earlier ones field by field, as in Istio
-        for f in _FIELDS:
-            v = getattr(layer, f, None)
-            if v is not None:
-                eff[f] = v
-    lb, ch = _lb(eff.get("load_balancer"))  # type: ignore[arg-type]
-    pool = PoolParams()
-    cp = eff.get("connection_pool")
-    if cp is not None:
-        tcp, http = getattr(cp, "tcp", None), getattr(cp, "http", None)
-        kw: dict[str, object] = {}
-        if tcp is not None:
-            if tcp.max_connections is not None:
-                kw["max_connections"] = tcp.max_connections
-            if tcp.connect_timeout is not None:
-                kw["connect_timeout"] = tcp.connect_timeout.total_seconds()
-            if tcp.idle_timeout is not None:
-                kw["idle_timeout"] = tcp.idle_timeout.total_seconds()
-        if http is not None:
-            if http.http1_max_pending_requests is not None:
-                kw["max_pending_requests"] = http.http1_max_pending_requests
-            if http.http2_max_requests is not None:
-                kw["max_requests"] = http.http2_max_requests
-            if http.max_retries is not None:
-                kw["max_retries"] = http.max_retries
-            if http.idle_timeout is not None:
-                kw["idle_timeout"] = http.idle_timeout.total_seconds()
-            if http.max_requests_per_connection:  # 0 means unlimited in Istio
-                kw["max_requests_per_connection"] = http.max_requests_per_connection
-        pool = PoolParams(**kw)  # type: ignore[arg-type]
-    outlier = None
-    od = eff.get("outlier_detection")
-    if od is not None:
-        okw: dict[str, object] = {
-            "consecutive_5xx": getattr(od, "consecutive_5xx_errors", None),
-            "consecutive_gateway_failure": getattr(od, "consecutive_gateway_errors", None),
-            "min_health_percent": getattr(od, "min_health_percent", None),
-        }
-        if getattr(od, "interval", None) is not None:
-            okw["interval"] = od.interval.total_seconds()  # type: ignore[attr-defined]
-        if getattr(od, "base_ejection_time", None) is not None:
-            okw["base_ejection_time"] = od.base_ejection_time.total_seconds()  # type: ignore[attr-defined]
-        if getattr(od, "max_ejection_percent", None) is not None:
-            okw["max_ejection_percent"] = od.max_ejection_percent  # type: ignore[attr-defined]
-        outlier = OutlierParams(**okw)  # type: ignore[arg-type]
-    health = None
-    hc = eff.get("health_check")
-    if hc is not None:
-        hkw: dict[str, object] = {
-            "path": getattr(hc, "path", None),
-            "unhealthy_threshold": getattr(hc, "unhealthy_threshold", 3),
-            "healthy_threshold": getattr(hc, "healthy_threshold", 2),
-        }
-        if getattr(hc, "interval", None) is not None:
-            hkw["interval"] = hc.interval.total_seconds()  # type: ignore[attr-defined]
-        if getattr(hc, "timeout", None) is not None:
-            hkw["timeout"] = hc.timeout.total_seconds()  # type: ignore[attr-defined]
-        health = HealthCheckParams(**hkw)  # type: ignore[arg-type]
-    tls = eff.get("tls")
-    tls_disabled = tls is not None and getattr(tls, "mode", None) == "DISABLE"
+        lb_settings = _over(layer.load_balancer, lb_settings)
+        cp = _over(layer.connection_pool, cp)
+        od = _over(layer.outlier_detection, od)
+        tls = _over(layer.tls, tls)
+        hc = _over(layer.health_check, hc)
+    lb, ch = _lb(lb_settings)
+    pool = _pool(cp)
+    outlier = _outlier(od)
+    health = _health(hc)
+    tls_disabled = tls is not None and tls.mode == "DISABLE"
     return Resolved(
         params=ClusterParams(
             lb=lb, pool=pool, outlier=outlier, health_check=health, tls_disabled=tls_disabled

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import grpc  # type: ignore[import-untyped,unused-ignore]
+import grpc
 from cryptography import x509
 
 from hyphal.identity.certs import CertificateError, spiffe_id_of

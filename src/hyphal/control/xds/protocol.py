@@ -22,10 +22,11 @@ explicit named subscription, an empty list means "unsubscribed from everything".
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from envoy.service.discovery.v3 import discovery_pb2  # type: ignore[import-untyped,unused-ignore]
+from envoy.service.discovery.v3 import discovery_pb2
 
 from hyphal.control.xds.snapshot import (
     PUSH_ORDER,
@@ -177,8 +178,10 @@ class AdsStream:
         )
 
     @staticmethod
-    def _subscription(type_url: str, names: object, ts: _TypeState | None) -> frozenset[str] | None:
-        wanted: frozenset[str] = frozenset(names)  # type: ignore[call-overload]
+    def _subscription(
+        type_url: str, names: Iterable[str], ts: _TypeState | None
+    ) -> frozenset[str] | None:
+        wanted = frozenset(names)
         if type_url not in WILDCARD_TYPES:
             return wanted
         if WILDCARD in wanted:

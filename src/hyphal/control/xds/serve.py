@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import grpc  # type: ignore[import-untyped,unused-ignore]
+import grpc
 
 from hyphal.control.xds.server import AdsServer
 

@@ -24,8 +24,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-import grpc  # type: ignore[import-untyped,unused-ignore]
-from envoy.service.discovery.v3 import discovery_pb2  # type: ignore[import-untyped,unused-ignore]
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
 
 from hyphal.control.xds.auth import StreamRefused, check_claim, peer_of
 from hyphal.control.xds.debounce import Debouncer

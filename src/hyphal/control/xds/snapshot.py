@@ -16,8 +16,8 @@ from types import MappingProxyType
 from typing import Any as AnyType
 from typing import Protocol, runtime_checkable
 
-from envoy.config.core.v3 import base_pb2  # type: ignore[import-untyped,unused-ignore]
-from google.protobuf import any_pb2, json_format, message  # type: ignore[import-untyped,unused-ignore]
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import any_pb2, json_format, message
 
 _PREFIX = "type.googleapis.com/"
 LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"

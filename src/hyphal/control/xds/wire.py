@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from envoy.service.discovery.v3 import discovery_pb2  # type: ignore[import-untyped,unused-ignore]
+from envoy.service.discovery.v3 import discovery_pb2
 
 from hyphal.control.xds.protocol import Response
 
