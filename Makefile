@@ -22,10 +22,18 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
-lint: $(STAMP)
-	$(PY) -m pip install -q ruff mypy
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/mypy src
+LINT_STAMP := $(VENV)/.lint-installed
+
+$(LINT_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+	touch $(LINT_STAMP)
+
+# Both checks always run; the target fails if either found something.
+lint: $(LINT_STAMP)
+	@rc=0; \
+	$(PY) -m ruff check src tests || rc=1; \
+	$(PY) -m mypy src || rc=1; \
+	exit $$rc
 
 clean:
 	rm -rf $(VENV) .hyphal
