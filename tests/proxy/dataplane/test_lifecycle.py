@@ -104,3 +104,37 @@ async def test_drain_lets_in_flight_requests_finish(echo, dataplane):
         await plane.drain(2.0)
         response = await slow
     assert response.status_code == 200 and response.headers["connection"] == "close"
+
+
+async def test_idle_keep_alive_connection_is_closed(echo, dataplane):
+    from hyphal.proxy.http.context import Timeouts
+
+    app = echo("app")
+    port = free_port()
+    await dataplane(config("1", (outbound_listener(port),), _routes("app"),
+                           (cluster("app", ("127.0.0.1", app.port)),)),
+                    timeouts=Timeouts(header_s=5.0, idle_s=0.3))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: product\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert head.startswith(b"HTTP/1.1 200")
+    started = asyncio.get_running_loop().time()
+    rest = await asyncio.wait_for(reader.read(), 3)  # the body, then EOF when idle expires
+    assert b'"server": "app"' in rest
+    assert 0.2 <= asyncio.get_running_loop().time() - started < 2.0
+    writer.close()
+
+
+def test_tls_material_rejects_bad_input_and_keeps_serving(pki):
+    from hyphal.proxy.transport.tls import TlsConfigError, TlsMaterial
+
+    chain, key = pki.ca.leaf(spiffe("shop", "product"))
+    material = TlsMaterial(chain, key, pki.ca.pem)
+    assert material.identity == spiffe("shop", "product")
+    before = material.client_context
+    other_chain, _ = pki.ca.leaf(spiffe("shop", "other"))
+    with pytest.raises(TlsConfigError, match="key matches"):
+        material.update(other_chain, key, pki.ca.pem)
+    with pytest.raises(TlsConfigError, match="trust bundle"):
+        material.update(chain, key, b"not a pem")
+    assert material.client_context is before and material.identity == spiffe("shop", "product")
