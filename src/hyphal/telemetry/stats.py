@@ -60,7 +60,8 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
 class Stats:
     """Counters and histograms of one sidecar."""
 
-    __slots__ = ("_requests", "_hist", "_hist_sum", "_gauges", "_counters", "_interned")
+    __slots__ = ("_requests", "_hist", "_hist_sum", "_gauges", "_counters", "_interned",
+                 "_labeled")
 
     def __init__(self) -> None:
         self._requests: dict[tuple[PeerLabels, int, str], int] = defaultdict(int)
@@ -69,6 +70,7 @@ class Stats:
         self._gauges: dict[tuple[str, str], int] = defaultdict(int)
         self._counters: dict[tuple[str, str], int] = defaultdict(int)
         self._interned: dict[tuple[str, ...], PeerLabels] = {}
+        self._labeled: dict[tuple[str, tuple[tuple[str, str], ...]], int] = defaultdict(int)
 
     def intern(self, peer: PeerLabels) -> PeerLabels:
         """The one instance with these label values (so identity equality is value equality)."""
@@ -90,6 +92,15 @@ class Stats:
     def count(self, name: str, label: str = "", delta: int = 1) -> None:
         """A counter with at most one `cluster`/`listener` label (`label` "" = none)."""
         self._counters[(name, label)] += delta
+
+    def count_labeled(self, name: str, labels: tuple[tuple[str, str], ...],
+                      delta: int = 1) -> None:
+        """A counter with several labels, e.g. `hyphal_upstream_rq_overflow_total`
+        with (("cluster", ...), ("reason", ...))."""
+        self._labeled[(name, labels)] += delta
+
+    def labeled(self, name: str, labels: tuple[tuple[str, str], ...]) -> int:
+        return self._labeled.get((name, labels), 0)
 
     def requests_total(self, code: int | None = None, reporter: str | None = None) -> int:
         return sum(v for (peer, c, _), v in self._requests.items()
@@ -133,6 +144,12 @@ class Stats:
                 seen.add(name)
             suffix = f'{{name="{_escape(label)}"}}' if label else ""
             out.append(f"{name}{suffix} {value}")
+        for (name, labels), value in sorted(self._labeled.items()):
+            if name not in seen:
+                out.append(f"# TYPE {name} counter")
+                seen.add(name)
+            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            out.append(f"{name}{{{text}}} {value}")
         return "\n".join(out) + "\n"
 
 

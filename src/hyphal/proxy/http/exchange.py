@@ -13,42 +13,59 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
+from dataclasses import replace
 
 from hyphal.proxy.filters.fault import decide as decide_fault
+from hyphal.proxy.http.codec import RequestHead, ResponseHead
+from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.headers import LAST_CHUNK, encode_chunk, header_map
-from hyphal.proxy.http.relay import (
-    _RETRY_ON_CONNECT,
-    _RETRY_ON_RESET,
-    _RETRY_ON_TIMEOUT,
-    CONTINUE,
-    Downstream,
-    Outcome,
-    Relay,
-)
-from hyphal.proxy.http.request import hash_key_for, redirect_location, upstream_request_head
+from hyphal.proxy.http.relay import CONTINUE, Downstream, Outcome, Relay
+from hyphal.proxy.http.request import redirect_location, upstream_request_head
+from hyphal.proxy.resilience.backoff import Backoff, FailureKind
 from hyphal.proxy.router import Target, parse_target, select_route
 from hyphal.proxy.runtime.tables import (
     ClusterAction,
     ClusterSpec,
     DirectResponse,
+    EndpointSpec,
+    LbPolicy,
+    ProxyConfig,
     RedirectAction,
     Route,
     VirtualHost,
+    WeightedCluster,
 )
 from hyphal.proxy.upstream.cluster import ClusterRuntime
+from hyphal.proxy.upstream.policy import (
+    caller_budget,
+    effective_deadline,
+    request_hash_key,
+    retry_after,
+    shadow_authority,
+    with_deadline,
+)
 from hyphal.proxy.upstream.pool import ConnectFailure, UpstreamConnection
 
 __all__ = ["Downstream", "Exchange"]
 
 log = logging.getLogger(__name__)
 
+_HASHING = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})
+
 
 class Exchange(Relay):
     """One request/response exchange; `run()` is its task."""
 
-    __slots__ = ()
+    __slots__ = ("deadline", "retry_after_s", "retry_held", "retry_refused")
+
+    def __init__(self, down: Downstream, ctx: ListenerContext, head: RequestHead,
+                 config: ProxyConfig) -> None:
+        super().__init__(down, ctx, head, config)
+        self.deadline: float | None = None  # monotonic; route timeout and caller's budget
+        self.retry_after_s: float | None = None
+        self.retry_held = False  # a breaker max_retries unit is held by the current try
+        self.retry_refused = ""  # why a wanted retry did not happen (budget, breaker)
 
     async def run(self) -> None:
         self.running = True
@@ -128,43 +145,71 @@ class Exchange(Relay):
             self._local(503, "cluster_not_found")
             return
         self.spec = spec
+        budget = caller_budget(head.headers)
+        now = time.monotonic()
+        if budget.remaining_s is not None and budget.remaining_s <= 0:
+            self._local(504, "deadline_exceeded")  # the caller has already given up
+            return
         runtime = ctx.clusters.runtime(spec)
         self.runtime = runtime
-        if runtime.circuit_open():
-            self._local(503, "circuit_open")
+        refusal = runtime.admit(now)
+        if refusal is not None:
+            self._local(503, refusal)
             return
-        self.request_id, up_head = upstream_request_head(
-            head, target, vhost, route, picked, peer_ip=self.down.peer_ip,
-            peer_identity=self.down.peer_identity, own_identity=config.identity,
-            inbound=ctx.spec.is_inbound, downstream_tls=ctx.spec.tls is not None)
-        if head.expect_continue and not self.req_done:
-            self.down.send(CONTINUE)
-            self.down.flush()
-        await self._forward(runtime, spec, route, vhost, up_head, target)
+        try:
+            up_source = head if budget.headers is None else replace(head, headers=budget.headers)
+            self.request_id, up_head = upstream_request_head(
+                up_source, target, vhost, route, picked, peer_ip=self.down.peer_ip,
+                peer_identity=self.down.peer_identity, own_identity=config.identity,
+                inbound=ctx.spec.is_inbound, downstream_tls=ctx.spec.tls is not None)
+            if head.expect_continue and not self.req_done:
+                self.down.send(CONTINUE)
+                self.down.flush()
+            deadline = effective_deadline(self.started, route.timeout_s, budget.remaining_s)
+            self.deadline = deadline
+            try:
+                await self._forward(runtime, spec, route, vhost, up_head, target, deadline,
+                                    budget.grpc)
+            finally:
+                if route.mirrors and not ctx.spec.is_inbound:
+                    self._mirror(route, vhost, up_source, target, config, deadline)
+        finally:
+            runtime.release()
 
+    # ---------------------------------------------------------------- forwarding
     async def _forward(self, runtime: ClusterRuntime, spec: ClusterSpec, route: Route,
-                       vhost: VirtualHost, up_head: bytes, target: Target) -> None:
+                       vhost: VirtualHost, up_head: bytes, target: Target,
+                       deadline: float | None, grpc: bool) -> None:
+        """Tries until one commits a response: pick, connect (breakers), attempt, and on a
+        retriable outcome back off and retry elsewhere while policy and budget allow."""
         policy = route.retry or vhost.retry
         self.policy = policy
         self.retries_left = policy.num_retries if policy else 0
-        timeout = route.timeout_s
-        deadline = self.started + timeout if timeout else None
-        hash_key = hash_key_for(route, target, self.head.headers, self.down.peer_ip)
+        backoff = runtime.backoff(policy)
+        hash_key: bytes | None = None
+        if route.hash_policy and spec.lb in _HASHING:
+            key = request_hash_key(route.hash_policy, self.head.headers, target.query,
+                                   self.down.peer_ip, self.ctx.rng)
+            hash_key = key.key
+            if key.set_cookie is not None:
+                self.resp_extra = [(b"set-cookie", key.set_cookie.encode("latin-1"))]
         tried: set[str] = set()
         backoff_round = 0
         stale_retry_used = False
         last_reason = "no_healthy_upstream"
+        self.retry_after_s = None
         while True:
-            endpoint = runtime.pick(frozenset(tried), hash_key)
+            now = time.monotonic()
+            if deadline is not None and deadline - now <= 0:
+                self._local(504, "timeout")
+                return
+            endpoint = runtime.pick(tried, hash_key, now)
             if endpoint is None:
                 self._local(503, "no_healthy_upstream" if not tried else last_reason)
                 return
             tried.add(endpoint.address)
             self.upstream_addr = endpoint.address
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                self._local(504, "timeout")
-                return
+            remaining = None if deadline is None else deadline - now
             connect_timeout = spec.connect_timeout_s if remaining is None else min(
                 spec.connect_timeout_s, remaining)
             try:
@@ -173,26 +218,30 @@ class Exchange(Relay):
                 if pooled is not None:
                     conn, reused = pooled, True
                 else:
-                    conn, reused = await self.ctx.pool.acquire(endpoint, spec, connect_timeout)
+                    got = await self._connection(runtime, endpoint, spec, connect_timeout)
+                    if got is None:
+                        return  # answered (pending overflow or timeout)
+                    conn, reused = got
             except ConnectFailure as failure:
-                runtime.connect_failed(endpoint.address)
+                runtime.record(endpoint.address, FailureKind.CONNECT_FAILURE, time.monotonic())
                 last_reason = failure.reason
                 self.ctx.stats.count("hyphal_upstream_cx_connect_fail", spec.name)
                 log.debug("cluster %s: %s", spec.name, failure.detail)
                 if failure.reason == "upstream_connect_failure" and self._may_retry(
-                        _RETRY_ON_CONNECT, runtime):
-                    await self._backoff(backoff_round)
+                        runtime, None, FailureKind.CONNECT_FAILURE):
+                    await self._backoff(backoff, backoff_round, deadline)
                     backoff_round += 1
                     continue
                 self._local(503, failure.reason)
                 return
             runtime.start(endpoint.address)
-            outcome = Outcome.RESET
+            outcome: Outcome | None = None
             try:
-                outcome = await self._attempt_on(conn, up_head, route, deadline)
+                outcome = await self._attempt_on(conn, with_deadline(up_head, deadline, grpc),
+                                                 route, deadline)
             finally:
-                runtime.finish(endpoint.address, self.status if outcome is Outcome.DONE
-                               else (503 if outcome is Outcome.RETRY else None))
+                self._end_try(runtime, endpoint.address, outcome,
+                              stale=reused and not stale_retry_used)
             if outcome is Outcome.DONE:
                 return
             if outcome is Outcome.BROKEN:
@@ -201,7 +250,7 @@ class Exchange(Relay):
                 return
             if outcome is Outcome.RETRY:
                 last_reason = "upstream_retriable_status"
-                await self._backoff(backoff_round)
+                await self._backoff(backoff, backoff_round, deadline, self.retry_after_s)
                 backoff_round += 1
                 continue
             if outcome is Outcome.RESET:
@@ -211,8 +260,8 @@ class Exchange(Relay):
                     stale_retry_used = True
                     tried.discard(endpoint.address)
                     continue
-                if self._may_retry(_RETRY_ON_RESET, runtime):
-                    await self._backoff(backoff_round)
+                if self._may_retry(runtime, None, FailureKind.RESET):
+                    await self._backoff(backoff, backoff_round, deadline)
                     backoff_round += 1
                     continue
                 self._local(502, "upstream_reset")
@@ -221,27 +270,136 @@ class Exchange(Relay):
             if deadline is not None and time.monotonic() >= deadline - 0.001:
                 self._local(504, "timeout")
                 return
-            if self._may_retry(_RETRY_ON_TIMEOUT, runtime):
-                await self._backoff(backoff_round)
+            if self._may_retry(runtime, None, FailureKind.TIMEOUT):
+                await self._backoff(backoff, backoff_round, deadline)
                 backoff_round += 1
                 continue
             self._local(504, "upstream_per_try_timeout")
             return
 
-    async def _backoff(self, round_: int) -> None:
-        policy = self.policy
-        base = policy.base_interval_s if policy else 0.025
-        cap = policy.max_interval_s if policy else 0.25
-        # Envoy: uniform in [0, (2^n - 1) * base], capped.
-        ceiling = min(cap, base * ((1 << (round_ + 1)) - 1))
-        runtime = self.runtime
-        if runtime is not None:
-            runtime.active_retries += 1
+    async def _connection(self, runtime: ClusterRuntime, endpoint: EndpointSpec,
+                          spec: ClusterSpec,
+                          timeout_s: float) -> tuple[UpstreamConnection, bool] | None:
+        """A new connection within the cluster's max_connections; over it, wait as a pending
+        request (http1MaxPendingRequests; beyond that 503 pending_overflow)."""
+        pool = self.ctx.pool
+        limit = spec.circuit_breaker.max_connections
+        if pool.connections(spec.name) < limit or pool.close_one_idle(spec.name):
+            return await pool.acquire(endpoint, spec, timeout_s)
+        if not runtime.breaker.admit_pending():
+            runtime.overflow("pending_overflow")
+            self._local(503, "pending_overflow")
+            return None
         try:
-            await asyncio.sleep(random.uniform(0, ceiling))
+            until = time.monotonic() + timeout_s
+            while True:
+                pooled = pool.idle_connection(endpoint, spec)
+                if pooled is not None:
+                    return pooled, True
+                if pool.connections(spec.name) < limit or pool.close_one_idle(spec.name):
+                    return await pool.acquire(endpoint, spec, max(until - time.monotonic(), 0.001))
+                if not await pool.wait_for_connection(spec.name, until - time.monotonic()):
+                    runtime.overflow("pending_timeout")
+                    self._local(503, "pending_timeout")
+                    return None
         finally:
-            if runtime is not None:
-                runtime.active_retries -= 1
+            runtime.breaker.release_pending()
+
+    def _end_try(self, runtime: ClusterRuntime, address: str, outcome: Outcome | None,
+                 stale: bool) -> None:
+        """Account for one finished try: in-flight counts, outlier detection, latency."""
+        if self.retry_held:
+            self.retry_held = False
+            runtime.release_retry()
+        now = time.monotonic()
+        result: int | FailureKind | None
+        if outcome is Outcome.DONE or outcome is Outcome.RETRY:
+            result = self.status
+        elif outcome is Outcome.TIMEOUT:
+            result = FailureKind.TIMEOUT
+        elif outcome is Outcome.RESET:
+            result = None if stale else FailureKind.RESET  # a stale pooled connection
+        elif outcome is Outcome.BROKEN:
+            result = FailureKind.RESET
+        else:
+            result = None  # cancelled: the client left; not the endpoint's fault
+        latency = now - self.upstream_started if result is not None else None
+        runtime.finish(address, result, latency, now)
+
+    def _may_retry(self, runtime: ClusterRuntime, status: int | None,
+                   failure: FailureKind | None) -> bool:
+        """Retry when the policy's conditions match, attempts remain, the body was kept, the
+        per-cluster retry budget and the breaker's max_retries agree."""
+        policy = self.policy
+        if policy is None or self.retries_left <= 0 or self.committed or not self.replayable:
+            return False
+        if not runtime.conditions(policy).should_retry(status, None, failure):
+            return False
+        refusal = runtime.admit_retry(time.monotonic())
+        if refusal is not None:
+            self.retry_refused = refusal
+            return False
+        self.retries_left -= 1
+        self.retry_held = True
+        self.ctx.stats.count("hyphal_upstream_rq_retry", runtime.spec.name)
+        return True
+
+    def _retry_status(self, head: ResponseHead) -> bool:
+        runtime = self.runtime
+        if runtime is None or self.policy is None or not self.replayable:
+            return False
+        if not runtime.conditions(self.policy).should_retry(head.status):
+            return False
+        after = retry_after(head.headers)
+        if after is not None:
+            left = self.deadline_left()
+            if left is not None and after >= left:
+                return False  # the caller would be gone before the upstream wants us back
+        if not self._may_retry(runtime, head.status, None):
+            return False
+        self.retry_after_s = after
+        return True
+
+    def deadline_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    async def _backoff(self, backoff: Backoff, round_: int, deadline: float | None,
+                       retry_after_s: float | None = None) -> None:
+        """Full-jitter exponential backoff (25 ms base, 250 ms cap by default) or the
+        upstream's Retry-After, never past the deadline."""
+        delay = backoff.delay(round_, retry_after_s)
+        if deadline is not None:
+            delay = min(delay, max(deadline - time.monotonic(), 0.0))
+        self.retry_after_s = None
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _mirror(self, route: Route, vhost: VirtualHost, source: RequestHead, target: Target,
+                config: ProxyConfig, deadline: float | None) -> None:
+        """Send the shadow copies (after the real response: they never delay it)."""
+        if not self.replayable or not self.req_done:
+            return  # the body was not kept whole: nothing faithful to send
+        ctx = self.ctx
+        body = b"".join(self.chunks)
+        for mirror in route.mirrors:
+            if mirror.fraction < 1.0 and ctx.rng.random() >= mirror.fraction:
+                continue
+            spec = config.clusters.get(mirror.cluster)
+            if spec is None:
+                continue
+            shadow = replace(target, authority=shadow_authority(route.host_rewrite
+                                                                or target.authority))
+            shadow_route = replace(route, host_rewrite=None) if route.host_rewrite else route
+            framed = replace(source, chunked=False, content_length=len(body) or None)
+            _, head = upstream_request_head(
+                framed, shadow, vhost, shadow_route, WeightedCluster(mirror.cluster, 1),
+                peer_ip=self.down.peer_ip, peer_identity=self.down.peer_identity,
+                own_identity=config.identity, inbound=False,
+                downstream_tls=ctx.spec.tls is not None)
+            if body and not framed.content_length:
+                head = head[:-2] + b"Content-Length: %d\r\n\r\n" % len(body)
+            timeout = None if deadline is None else max(deadline - self.started, 0.001)
+            ctx.clusters.mirrors.send(ctx.clusters.runtime(spec), head, body, timeout)
 
     async def _attempt_on(self, conn: UpstreamConnection, up_head: bytes, route: Route,
                           deadline: float | None) -> Outcome:

@@ -64,25 +64,6 @@ class Outcome(enum.Enum):
     BROKEN = "broken"  # failed after the response was committed
 
 
-_RETRY_ON_RESET = frozenset({"reset", "5xx", "gateway-error", "refused-stream"})
-_RETRY_ON_CONNECT = frozenset({"connect-failure", "5xx", "gateway-error", "reset"})
-_RETRY_ON_TIMEOUT = frozenset({"5xx", "gateway-error", "reset"})
-
-
-def _status_retriable(policy: RetryPolicy, status: int) -> bool:
-    on = policy.retry_on
-    if "5xx" in on and status >= 500:
-        return True
-    if "gateway-error" in on and status in (502, 503, 504):
-        return True
-    if "retriable-4xx" in on and status == 409:
-        return True
-    if "retriable-status-codes" in on and status in policy.retriable_status_codes:
-        return True
-    # Istio's default "unavailable" maps to 503 on HTTP/1.1.
-    return "unavailable" in on and status == 503 and not policy.retriable_status_codes
-
-
 class Relay:
     __slots__ = (
         "attempt",
@@ -110,6 +91,7 @@ class Relay:
         "req_keep_alive",
         "request_id",
         "resp_done",
+        "resp_extra",
         "resp_mode",
         "retries_left",
         "route",
@@ -150,6 +132,7 @@ class Relay:
         self.attempt_timer: asyncio.TimerHandle | None = None
         self.committed = False
         self.resp_done = False
+        self.resp_extra: Headers | None = None  # added to the response (Set-Cookie of hashing)
         self.status = 0
         self.reason = "-"
         self.bytes_in = 0
@@ -236,15 +219,9 @@ class Relay:
         if self.up is not None and self.up.transport is not None:
             self.up.transport.resume_reading()
 
-    def _may_retry(self, kinds: frozenset[str], runtime: ClusterRuntime) -> bool:
-        policy = self.policy
-        if policy is None or self.retries_left <= 0 or self.committed or not self.replayable:
-            return False
-        if not (policy.retry_on & kinds) or not runtime.retry_allowed():
-            return False
-        self.retries_left -= 1
-        self.ctx.stats.count("hyphal_upstream_rq_retry", runtime.spec.name)
-        return True
+    def _retry_status(self, head: ResponseHead) -> bool:
+        """Whether this response status ends the attempt with RETRY (Exchange decides)."""
+        return False
 
     def _settle(self, outcome: Outcome) -> None:
         fut = self.attempt
@@ -258,10 +235,7 @@ class Relay:
         if 100 <= status < 200 and status != 101:
             self.skip_informational = True
             return
-        policy = self.policy
-        if (policy is not None and self.retries_left > 0 and self.replayable
-                and _status_retriable(policy, status) and self.runtime is not None
-                and self._may_retry(frozenset(policy.retry_on), self.runtime)):
+        if self.retries_left > 0 and self._retry_status(head):
             conn = self.up
             self.up = None
             if conn is not None:
@@ -285,6 +259,8 @@ class Relay:
         if vhost is not None and (vhost.response_headers_to_add or vhost.response_headers_to_remove):
             headers = apply_transforms(headers, vhost.response_headers_to_remove,
                                        vhost.response_headers_to_add)
+        if self.resp_extra:
+            headers.extend(self.resp_extra)
         self.up_until_close = not head.chunked and head.content_length is None
         if self.head.upgrade and status != 101:
             self.close_after = True  # the client's bytes after its Upgrade are not HTTP

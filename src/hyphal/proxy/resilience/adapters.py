@@ -92,7 +92,8 @@ class EndpointPicker:
 
     def __init__(self, policy: str, endpoints: Sequence[EndpointSpec],
                  active: Mapping[str, int], rng: random.Random | None = None,
-                 now: float = 0.0, previous: EndpointPicker | None = None) -> None:
+                 now: float = 0.0, previous: EndpointPicker | None = None,
+                 ring_min_size: int = 1024, maglev_table_size: int = 65537) -> None:
         self.policy = str(policy)
         self.endpoints = {e.address: e for e in endpoints}
         keys = tuple(self.endpoints)
@@ -108,9 +109,9 @@ class EndpointPicker:
         elif self.policy == "random":
             picker = self._fallback
         elif self.policy == "ring_hash":
-            picker = RingHash(keys, weights)
+            picker = RingHash(keys, weights, min_ring_size=ring_min_size)
         elif self.policy == "maglev":
-            picker = Maglev(keys, weights)
+            picker = Maglev(keys, weights, table_size=maglev_table_size)
         elif self.policy == "peak_ewma":
             old: Picker | None = previous.picker if previous is not None else None
             picker = PeakEwma(keys, active, weights, rng, now=now,

@@ -213,13 +213,43 @@ class UpstreamConnection(asyncio.Protocol):
 class ConnectionPool:
     """Idle keep-alive connections per (endpoint, TLS identity expectation)."""
 
-    __slots__ = ("_idle", "tls", "stats", "_all")
+    __slots__ = ("_idle", "tls", "stats", "_all", "_per_cluster", "_waiters")
 
     def __init__(self, tls: TlsMaterial | None, stats: Stats) -> None:
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self._all: set[UpstreamConnection] = set()
         self.tls = tls
         self.stats = stats
+        # Open connections per cluster (circuit breakers' max_connections) and the requests
+        # waiting for one of them to come free (http1MaxPendingRequests).
+        self._per_cluster: dict[str, int] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    def connections(self, cluster: str) -> int:
+        """Connections of `cluster` open now (busy or idle)."""
+        return self._per_cluster.get(cluster, 0)
+
+    async def wait_for_connection(self, cluster: str, timeout_s: float) -> bool:
+        """Wait until a connection of `cluster` goes idle or closes (False: timed out)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(cluster, [])
+        waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, max(timeout_s, 0.0))
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if fut in waiters:
+                waiters.remove(fut)
+
+    def _wake(self, cluster: str) -> None:
+        waiters = self._waiters.get(cluster)
+        if waiters:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            waiters.clear()
 
     def idle_connection(self, endpoint: EndpointSpec,
                         cluster: ClusterSpec) -> UpstreamConnection | None:
@@ -254,7 +284,9 @@ class ConnectionPool:
             lambda: UpstreamConnection(self, key, cluster.name), endpoint, cluster, self.tls,
             timeout_s)
         conn.peer_identity = peer
-        self._all.add(conn)
+        if not conn.closed:
+            self._all.add(conn)
+            self._per_cluster[cluster.name] = self._per_cluster.get(cluster.name, 0) + 1
         return conn
 
     def release(self, conn: UpstreamConnection, reusable: bool, max_requests: int | None) -> None:
@@ -265,12 +297,34 @@ class ConnectionPool:
             return
         conn.idle_since = time.monotonic()
         self._idle.setdefault(conn.key, []).append(conn)
+        if self._waiters:
+            self._wake(conn.cluster)
 
     def forget(self, conn: UpstreamConnection) -> None:
-        self._all.discard(conn)
+        if conn in self._all:
+            self._all.discard(conn)
+            left = self._per_cluster.get(conn.cluster, 1) - 1
+            if left > 0:
+                self._per_cluster[conn.cluster] = left
+            else:
+                self._per_cluster.pop(conn.cluster, None)
+            if self._waiters:
+                self._wake(conn.cluster)
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
+
+    def close_one_idle(self, cluster: str) -> bool:
+        """Close one idle connection of `cluster` to make room under max_connections for a
+        connection to another endpoint (False: none is idle)."""
+        for idle in self._idle.values():
+            for conn in idle:
+                if conn.cluster == cluster:
+                    idle.remove(conn)
+                    conn.close()
+                    self.forget(conn)
+                    return True
+        return False
 
     def close_idle(self) -> None:
         for idle in self._idle.values():
