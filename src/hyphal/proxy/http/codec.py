@@ -123,12 +123,13 @@ class _Reader:
             raise _Limit(431, "request headers exceed the size limit")
         if len(self._headers) >= self.limits.max_headers:
             raise _Limit(431, "too many request headers")
-        lower = name.lower()
-        if lower == b"transfer-encoding":
-            # llhttp already insists that chunked is last and alone with CL.
-            self._chunked = value.strip().lower().endswith(b"chunked")
-        elif lower == b"content-length":
-            self._content_length = int(value)
+        if len(name) in (14, 17):  # only Content-Length / Transfer-Encoding need a look
+            lower = name.lower()
+            if lower == b"transfer-encoding":
+                # llhttp already insists that chunked is last and alone with CL.
+                self._chunked = value.strip().lower().endswith(b"chunked")
+            elif lower == b"content-length":
+                self._content_length = int(value)
         self._headers.append((name, value))
 
     def on_body(self, body: bytes) -> None:

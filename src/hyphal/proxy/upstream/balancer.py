@@ -14,7 +14,7 @@ class Balancer:
     (for least-request). `exclude` holds addresses tried already by this request; they are
     avoided when another healthy endpoint exists."""
 
-    __slots__ = ("policy", "endpoints", "_rr_current", "_rng", "_total_weight")
+    __slots__ = ("policy", "endpoints", "_rr_current", "_rng", "_total_weight", "_only")
 
     def __init__(self, policy: LbPolicy, endpoints: tuple[EndpointSpec, ...],
                  rng: random.Random | None = None) -> None:
@@ -24,6 +24,9 @@ class Balancer:
         self._rr_current = [0] * len(endpoints)
         self._rng = rng or random.Random()
         self._total_weight = sum(max(e.weight, 1) for e in endpoints)
+        healthy = [e for e in endpoints if e.healthy]
+        # The common single-endpoint cluster (inbound, one replica) skips all the work.
+        self._only = healthy[0] if len(healthy) == 1 else None
 
     def pick(
         self,
@@ -32,6 +35,9 @@ class Balancer:
         hash_key: bytes | None = None,
         usable: Callable[[EndpointSpec], bool] | None = None,
     ) -> EndpointSpec | None:
+        only = self._only
+        if only is not None and usable is None:
+            return only
         candidates = [i for i, e in enumerate(self.endpoints)
                       if e.healthy and (usable is None or usable(e))]
         if not candidates:
