@@ -27,6 +27,11 @@ def _check_segment(what: str, value: str) -> None:
         )
 
 
+def spiffe_uri(trust_domain: str, namespace: str, service_account: str) -> str:
+    """`spiffe://<td>/ns/<ns>/sa/<sa>` from its parts, unchecked (a SpiffeId checks them)."""
+    return f"{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
 @dataclass(frozen=True, slots=True)
 class SpiffeId:
     """A workload identity: trust domain, Kubernetes-style namespace and service account."""
@@ -58,12 +63,12 @@ class SpiffeId:
 
     @property
     def uri(self) -> str:
-        return f"{SCHEME}{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+        return spiffe_uri(self.trust_domain, self.namespace, self.service_account)
 
     @property
     def principal(self) -> str:
         """Istio's principal form, as AuthorizationPolicy `principals` write it."""
-        return f"{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+        return self.uri[len(SCHEME) :]
 
     def __str__(self) -> str:
         return self.uri

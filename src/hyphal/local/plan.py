@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hyphal.identity.spiffe import spiffe_uri
 from hyphal.local.model import MeshSpec, ServiceSpec, WorkloadSpec, env_name
 from hyphal.local.ports import PortAllocator
 
@@ -84,7 +85,7 @@ class ReplicaPlan:
     @property
     def identity(self) -> str:
         w = self.workload
-        return f"spiffe://{self.trust_domain}/ns/{w.namespace}/sa/{w.service_account}"
+        return spiffe_uri(self.trust_domain, w.namespace, w.service_account)
 
     def app_env(self) -> dict[str, str]:
         """Environment variables only: the app knows nothing of the mesh beyond a proxy URL."""

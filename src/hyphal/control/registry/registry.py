@@ -17,6 +17,7 @@ from hyphal.control.registry.model import (
     ServiceRecord,
 )
 from hyphal.control.registry.node import NodePort, ProxyNode
+from hyphal.identity.spiffe import spiffe_uri
 
 Listener = Callable[[RegistryView], None]
 
@@ -37,7 +38,7 @@ def sidecar_endpoints(
     out: dict[ServiceKey, Endpoint] = {}
     if not node.is_sidecar:
         return out
-    identity = f"spiffe://{trust_domain}/ns/{node.namespace}/sa/{node.service_account}"
+    identity = spiffe_uri(trust_domain, node.namespace, node.service_account)
     for svc in services:
         if svc.namespace != node.namespace or not svc.selector:
             continue

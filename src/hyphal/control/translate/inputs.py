@@ -15,6 +15,8 @@ from typing import Any
 from hyphal.config.models import (
     AuthorizationPolicy,
     DestinationRule,
+    GatewayGRPCRoute,
+    GatewayHTTPRoute,
     PeerAuthentication,
     Service,
     ServiceEntry,
@@ -23,6 +25,7 @@ from hyphal.config.models import (
 )
 from hyphal.control.registry.model import Endpoint, PortRecord, ServiceKey, ServiceRecord
 from hyphal.control.translate import naming
+from hyphal.identity.spiffe import spiffe_uri
 
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC"})
 
@@ -97,6 +100,8 @@ class MeshIndex:
     authorization_policies: tuple[AuthorizationPolicy, ...]
     peer_authentications: tuple[PeerAuthentication, ...]
     service_entries: tuple[ServiceEntry, ...]
+    http_routes: tuple[GatewayHTTPRoute, ...] = ()  # GAMMA: attached to Services
+    grpc_routes: tuple[GatewayGRPCRoute, ...] = ()
 
     @classmethod
     def build(cls, resources: Iterable[Any]) -> MeshIndex:
@@ -134,6 +139,8 @@ class MeshIndex:
             authorization_policies=of(AuthorizationPolicy),
             peer_authentications=of(PeerAuthentication),
             service_entries=entries,
+            http_routes=of(GatewayHTTPRoute),
+            grpc_routes=of(GatewayGRPCRoute),
         )
 
     def resolve_host(self, host: str, namespace: str) -> str:
@@ -161,7 +168,7 @@ class MeshIndex:
         if svc is None or not svc.mesh or not svc.selector:
             return set()
         return {
-            naming.spiffe_id(trust_domain, w.namespace, w.spec.service_account)
+            spiffe_uri(trust_domain, w.namespace, w.spec.service_account)
             for w in self.workloads
             if w.namespace == svc.namespace
             and all(w.spec.labels.get(k) == v for k, v in svc.selector.items())

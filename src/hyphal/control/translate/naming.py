@@ -71,10 +71,6 @@ def proxyless_route_name(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
-
-
 def principal_to_spiffe(principal: str) -> str:
     """Istio principal `td/ns/x/sa/y` -> `spiffe://td/ns/x/sa/y` (already-prefixed ids pass)."""
     if principal.startswith("spiffe://"):

@@ -18,7 +18,7 @@ import grpc
 from cryptography import x509
 
 from hyphal.identity.certs import CertificateError, spiffe_id_of
-from hyphal.identity.spiffe import SpiffeId
+from hyphal.identity.spiffe import SpiffeId, spiffe_uri
 
 
 class StreamRefused(Exception):
@@ -86,7 +86,7 @@ def check_claim(
     td = trust_domain or proven.trust_domain
     raise StreamRefused(
         grpc.StatusCode.PERMISSION_DENIED,
-        f"node {node_id!r} claims spiffe://{td}/ns/{claimed_ns}/sa/{claimed_sa} "
+        f"node {node_id!r} claims {spiffe_uri(td, claimed_ns, claimed_sa)} "
         f"(metadata NAMESPACE/SERVICE_ACCOUNT) but its client certificate is {proven.uri}; "
         "fix the node metadata or present this workload's own certificate",
     )
