@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hyphal.identity.node import NodePort
 from hyphal.identity.spiffe import spiffe_uri
 from hyphal.local.model import MeshSpec, ServiceSpec, WorkloadSpec, env_name
 from hyphal.local.ports import PortAllocator
@@ -46,15 +47,8 @@ class ControlPlan:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class PortBinding:
-    """A declared workload port, where its app listens and where the sidecar's mTLS inbound does."""
-
-    name: str
-    port: int
-    protocol: str
-    app_port: int
-    inbound_port: int
+PortBinding = NodePort
+"""A declared workload port, where its app listens and where the sidecar's mTLS inbound does."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +118,7 @@ class ReplicaPlan:
                     "INSTANCE_IP": "127.0.0.1",
                     "PROXY_MODE": "sidecar",
                     "OUTBOUND_HTTP_PORT": self.outbound_http_port,
-                    "PORTS": [
-                        {"name": b.name, "port": b.port, "protocol": b.protocol,
-                         "app_port": b.app_port, "inbound_port": b.inbound_port}
-                        for b in self.ports
-                    ],
+                    "PORTS": [b.to_metadata() for b in self.ports],
                     "UPSTREAM_PORTS": dict(self.upstream_ports),
                 },
             },

@@ -15,23 +15,14 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from hyphal.identity.node import NodePort as NodePort  # re-exported: the registry's port type
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _EMPTY_PORTS: Mapping[str, int] = MappingProxyType({})
 
 
 class NodeMetadataError(ValueError):
     """Node metadata that cannot be used; the message names the node and the key."""
-
-
-@dataclass(frozen=True, slots=True)
-class NodePort:
-    """One workload port of a sidecar node (a `PORTS` entry)."""
-
-    name: str
-    port: int
-    protocol: str
-    app_port: int
-    inbound_port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +68,7 @@ class ProxyNode:
         ports: list[NodePort] = []
         for i, p in enumerate(md.get("PORTS") or []):
             try:
-                ports.append(
-                    NodePort(
-                        name=str(p.get("name", "")),
-                        port=int(p["port"]),
-                        protocol=str(p.get("protocol", "HTTP")).upper(),
-                        app_port=int(p.get("app_port", p["port"])),
-                        inbound_port=int(p.get("inbound_port", 0)),
-                    )
-                )
+                ports.append(NodePort.from_metadata(p))
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise NodeMetadataError(
                     f"node {node_id!r}: PORTS[{i}] needs numeric port/app_port/inbound_port ({e})"
