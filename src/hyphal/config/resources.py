@@ -11,6 +11,8 @@ import yaml
 from hyphal.config.models import (
     AuthorizationPolicy,
     DestinationRule,
+    GatewayGRPCRoute,
+    GatewayHTTPRoute,
     PeerAuthentication,
     Resource,
     ResourceModel,
@@ -97,6 +99,16 @@ class ResourceSet:
     @property
     def peer_authentications(self) -> tuple[PeerAuthentication, ...]:
         return self._typed(PeerAuthentication)
+
+    @property
+    def http_routes(self) -> tuple[GatewayHTTPRoute, ...]:
+        """Gateway API HTTPRoutes (GAMMA: attached to Services)."""
+        return self._typed(GatewayHTTPRoute)
+
+    @property
+    def grpc_routes(self) -> tuple[GatewayGRPCRoute, ...]:
+        """Gateway API GRPCRoutes (GAMMA: attached to Services)."""
+        return self._typed(GatewayGRPCRoute)
 
     def merge(self, other: ResourceSet | Iterable[ResourceModel]) -> ResourceSet:
         """A set with `other`'s resources added; on a key collision `other` wins."""

@@ -16,6 +16,11 @@ from hyphal.config.models import (
     VirtualService,
 )
 from hyphal.config.models.destination_rule import TrafficPolicy
+from hyphal.config.models.gateway_api import (
+    BackendObjectReference,
+    GatewayGRPCRoute,
+    GatewayHTTPRoute,
+)
 from hyphal.config.models.virtual_service import Destination, HTTPMatchRequest, StringMatch
 from hyphal.config.resources import ResourceSet
 
@@ -272,6 +277,86 @@ class _Checker:
                     loc: Loc = ("spec", "ports", i, "targetPort" if p.target_port else "port")
                     self.err(svc, loc, f"selected Workload {w.namespace}/{w.name} has {what}")
 
+    def service_named(self, r: ResourceModel, loc: Loc, name: str, ns: str) -> Service | None:
+        found = next((s for s in self.rs.services if s.name == name and s.namespace == ns), None)
+        if found is None:
+            self.err(r, loc, f'no Service "{name}" in namespace "{ns}"')
+        return found
+
+    def backend_ref(self, r: ResourceModel, loc: Loc, b: BackendObjectReference) -> None:
+        if b.namespace is not None and b.namespace != r.namespace:
+            self.err(
+                r,
+                (*loc, "namespace"),
+                f'a reference to namespace "{b.namespace}" needs a ReferenceGrant, which hyphal '
+                f'does not support: refer to a Service in namespace "{r.namespace}"',
+            )
+            return
+        svc = self.service_named(r, (*loc, "name"), b.name, r.namespace)
+        if svc is not None and b.port not in (p.port for p in svc.spec.ports):
+            ports = ", ".join(str(p.port) for p in svc.spec.ports)
+            self.err(
+                r,
+                (*loc, "port"),
+                f'Service "{b.name}" in namespace "{r.namespace}" has no port {b.port} '
+                f"(ports: {ports})",
+            )
+
+    def gateway_route(
+        self,
+        r: GatewayHTTPRoute | GatewayGRPCRoute,
+        routed: dict[str, VirtualService],
+        attached: dict[str, ResourceModel],
+    ) -> None:
+        """GAMMA: each parentRef is a Service of the route's namespace (not also routed by a
+        VirtualService or by the other route kind); backends are Services with that port."""
+        for i, p in enumerate(r.spec.parent_refs):
+            loc: Loc = ("spec", "parentRefs", i)
+            if p.namespace is not None and p.namespace != r.namespace:
+                self.err(
+                    r,
+                    (*loc, "namespace"),
+                    f'attaching to a Service in namespace "{p.namespace}" from namespace '
+                    f'"{r.namespace}" (a consumer route) is not supported by hyphal: put the '
+                    f'route in namespace "{p.namespace}"',
+                )
+                continue
+            svc = self.service_named(r, (*loc, "name"), p.name, r.namespace)
+            if svc is None:
+                continue
+            fqdn = f"{svc.name}.{svc.namespace}.svc.{self.domain}"
+            ports = [sp for sp in svc.spec.ports if p.port in (None, sp.port)]
+            ports = [sp for sp in ports if p.section_name in (None, sp.name)]
+            if not ports:
+                what = f"port {p.port}" if p.port is not None else f"port {p.section_name!r}"
+                field_ = "port" if p.port is not None else "sectionName"
+                self.err(r, (*loc, field_), f'Service "{svc.name}" has no {what}')
+                continue
+            if not any(sp.protocol != "TCP" for sp in ports):
+                self.err(r, loc, f'Service "{svc.name}" has no HTTP, HTTP2 or GRPC port here')
+            vs = routed.get(fqdn)
+            if vs is not None:
+                self.err(
+                    r,
+                    loc,
+                    f"{fqdn} is already routed by VirtualService {vs.namespace}/{vs.name} (one "
+                    "source of truth per host: use a VirtualService or Gateway API routes)",
+                )
+            other = attached.setdefault(fqdn, r)
+            if other.kind != r.kind:
+                self.err(
+                    r,
+                    loc,
+                    f"{fqdn} already has {other.kind} {other.namespace}/{other.name}; "
+                    f"{r.kind}s and {other.kind}s are not merged (use one kind per Service)",
+                )
+        for loc, ref in r.backend_references():
+            self.backend_ref(r, loc, ref)
+        for loc, pattern in r.regexes():
+            problem = re2_problem(pattern)
+            if problem:
+                self.err(r, loc, problem)
+
     def authorization_policy(self, ap: AuthorizationPolicy) -> None:
         for i, rule in enumerate(ap.spec.rules):
             for j, f in enumerate(rule.from_):
@@ -314,6 +399,13 @@ class _Checker:
         routed: dict[str, VirtualService] = {}
         for vs in self.rs.virtual_services:
             self.virtual_service(vs, routed)
+        attached: dict[str, ResourceModel] = {}
+        routes: list[GatewayHTTPRoute | GatewayGRPCRoute] = [
+            *self.rs.http_routes,
+            *self.rs.grpc_routes,
+        ]
+        for route in routes:
+            self.gateway_route(route, routed, attached)
         ruled: dict[str, DestinationRule] = {}
         for dr in self.rs.destination_rules:
             self.destination_rule(dr, ruled)

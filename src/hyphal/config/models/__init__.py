@@ -7,6 +7,8 @@ from hyphal.config.models.base import Metadata, ResourceModel, Source
 # The star imports re-export each model module's __all__ (the nested spec types).
 from hyphal.config.models.destination_rule import *  # noqa: F403
 from hyphal.config.models.destination_rule import DestinationRule
+from hyphal.config.models.gateway_api import *  # noqa: F403
+from hyphal.config.models.gateway_api import GatewayGRPCRoute, GatewayHTTPRoute
 from hyphal.config.models.hyphal import *  # noqa: F403
 from hyphal.config.models.hyphal import Service, Workload
 from hyphal.config.models.security import *  # noqa: F403
@@ -24,6 +26,8 @@ Resource = (
     | ServiceEntry
     | AuthorizationPolicy
     | PeerAuthentication
+    | GatewayHTTPRoute
+    | GatewayGRPCRoute
 )
 """Any user resource (all are `ResourceModel` subclasses)."""
 
@@ -37,6 +41,8 @@ KINDS: dict[str, type[ResourceModel]] = {
         ServiceEntry,
         AuthorizationPolicy,
         PeerAuthentication,
+        GatewayHTTPRoute,
+        GatewayGRPCRoute,
     )
 }
 """kind -> model class (each class lists its accepted apiVersions in API_VERSIONS)."""
@@ -45,6 +51,8 @@ __all__ = [
     "KINDS",
     "AuthorizationPolicy",
     "DestinationRule",
+    "GatewayGRPCRoute",
+    "GatewayHTTPRoute",
     "Metadata",
     "PeerAuthentication",
     "Resource",

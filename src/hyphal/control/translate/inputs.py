@@ -15,6 +15,8 @@ from typing import Any
 from hyphal.config.models import (
     AuthorizationPolicy,
     DestinationRule,
+    GatewayGRPCRoute,
+    GatewayHTTPRoute,
     PeerAuthentication,
     Service,
     ServiceEntry,
@@ -98,6 +100,8 @@ class MeshIndex:
     authorization_policies: tuple[AuthorizationPolicy, ...]
     peer_authentications: tuple[PeerAuthentication, ...]
     service_entries: tuple[ServiceEntry, ...]
+    http_routes: tuple[GatewayHTTPRoute, ...] = ()  # GAMMA: attached to Services
+    grpc_routes: tuple[GatewayGRPCRoute, ...] = ()
 
     @classmethod
     def build(cls, resources: Iterable[Any]) -> MeshIndex:
@@ -135,6 +139,8 @@ class MeshIndex:
             authorization_policies=of(AuthorizationPolicy),
             peer_authentications=of(PeerAuthentication),
             service_entries=entries,
+            http_routes=of(GatewayHTTPRoute),
+            grpc_routes=of(GatewayGRPCRoute),
         )
 
     def resolve_host(self, host: str, namespace: str) -> str:

@@ -15,7 +15,7 @@ from hyphal.config.models.destination_rule import ConsistentHashLB
 from hyphal.config.models.virtual_service import Destination, HTTPMatchRequest
 from hyphal.control.registry.model import RegistryView
 from hyphal.control.registry.node import NodePort, ProxyNode
-from hyphal.control.translate import naming, rbac
+from hyphal.control.translate import gateway_api, naming, rbac
 from hyphal.control.translate.clusters import build_cluster, build_static_cluster
 from hyphal.control.translate.endpoints import build_cla
 from hyphal.control.translate.inputs import MeshIndex, ServiceInfo, visible
@@ -144,6 +144,8 @@ def _service_routes(
             if http.match and not matches:
                 continue
             routes += build_routes(http, resolve_dest, cl.hash_for, matches)
+    else:  # no VirtualService: Gateway API routes attached to the Service (GAMMA), if any
+        routes = gateway_api.mesh_routes(index, svc, port, cl.messages, cl.hash_for)
     if not routes:
         name = naming.outbound_cluster(port, "", svc.host)
         if name in cl.messages:
