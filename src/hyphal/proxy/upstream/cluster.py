@@ -48,7 +48,7 @@ EJECTION_METRIC: Final = "hyphal_outlier_ejections_total"
 
 
 class _Either:
-    """`a ∪ b` as a Container without building a set (a request's tried endpoints plus the
+    """`a | b` as a Container without building a set (a request's tried endpoints plus the
     cluster's ejected ones)."""
 
     __slots__ = ("a", "b")

@@ -119,7 +119,7 @@ def request_hash_key(policy: Sequence[HashPolicy], headers: Headers, query: str,
 
 
 def shadow_authority(authority: str) -> str:
-    """Envoy's mirror host: `-shadow` appended to the host part (`api:8080` -> `api-shadow:8080`)."""
+    """Envoy's mirror host: `-shadow` after the host part (`api:8080` -> `api-shadow:8080`)."""
     if authority.startswith("["):
         return authority  # an IPv6 literal has no name to suffix
     host, sep, port = authority.rpartition(":")
