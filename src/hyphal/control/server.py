@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from hyphal.control.api import ApiHandlers, ApiServer, load_or_create_admin_token
 from hyphal.control.health import Readiness, build_status, ca_status
 from hyphal.control.store import Store
+from hyphal.identity.files import write_private
 
 log = logging.getLogger("hyphal.control")
 
@@ -165,11 +165,7 @@ class ControlPlane:
 def write_ports(state_dir: Path, ports: Mapping[str, int | None]) -> None:
     """`<state-dir>/ports.json` (0600), replaced atomically."""
     data = json.dumps({**ports, "pid": os.getpid()}, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".ports-", dir=state_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, state_dir / PORTS_FILE)
+    write_private(state_dir / PORTS_FILE, data.encode(), durable=False)
 
 
 async def serve(options: ControlOptions) -> None:

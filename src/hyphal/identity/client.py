@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from hyphal.identity.certs import (
     not_after,
     verify_chain,
 )
+from hyphal.identity.files import write_private
 from hyphal.identity.keys import PrivateKey, key_to_pem, make_csr
 from hyphal.identity.spiffe import SpiffeId
 
@@ -59,18 +59,10 @@ class CertBundle:
         each replaced atomically."""
         directory = Path(directory)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _replace(directory / KEY_FILE, self.key_pem)
-        _replace(directory / CHAIN_FILE, self.chain_pem)
+        write_private(directory / KEY_FILE, self.key_pem, durable=False)
+        write_private(directory / CHAIN_FILE, self.chain_pem, durable=False)
         if self.roots_pem:
-            _replace(directory / ROOT_FILE, self.roots_pem)
-
-
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+            write_private(directory / ROOT_FILE, self.roots_pem, durable=False)
 
 
 def _channel_options(ca_address: str) -> list[tuple[str, str | int]]:

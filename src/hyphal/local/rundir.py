@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hyphal.identity.files import write_private
+
 MESH_FILE = "mesh.json"
 
 
@@ -139,12 +141,7 @@ class RunDir:
 
     def write_private(self, path: Path, text: str) -> None:
         """Write a file readable by its owner only (0600), atomically."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        write_private(path, text.encode(), durable=False)
 
     def write_state(self, state: MeshState) -> None:
         self.write_private(self.mesh_file, json.dumps(state.to_json(), indent=2) + "\n")

@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from hyphal.identity.files import write_private
+
 
 def ensure_private_dir(path: Path) -> None:
     """Create `path` (and parents) with mode 0700; tighten an existing directory we own."""
@@ -21,36 +23,15 @@ def write_new(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write a file that must not exist yet, atomically, with `mode` from the first byte on.
 
     The data goes to a temporary file that is hard-linked into place, so a crash never leaves
-    a half-written key behind and an existing file is never replaced.
+    a half-written key behind and an existing file is never replaced (FileExistsError if
+    someone else made it first).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.link(tmp, path)  # FileExistsError if someone else made it first.
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    write_private(path, data, mode, exclusive=True)
 
 
 def replace(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Atomically replace a file that hyphal itself renews (the serving certificate)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    write_private(path, data, mode)
 
 
 def read_private(path: Path) -> bytes:

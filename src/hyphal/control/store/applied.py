@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
+
+from hyphal.identity.files import write_private
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -40,20 +41,7 @@ class AppliedDir:
 
     def write(self, path: Path, text: str) -> None:
         self.ensure()
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=self.root)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_private(path, text.encode("utf-8"))
         self._sync_dir()
 
     def remove(self, path: Path) -> None:
