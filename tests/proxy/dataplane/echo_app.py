@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import sys
 import threading
@@ -125,7 +126,16 @@ class Server(http.server.ThreadingHTTPServer):
     request_queue_size = 256
 
 
+def _exit_with_parent() -> None:
+    """A test run that is killed must not leave this app behind."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
 def main() -> None:
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
     server = Server(("127.0.0.1", 0), Handler)
     print(server.server_address[1], flush=True)
     server.serve_forever(poll_interval=0.05)
