@@ -50,7 +50,8 @@ CASES: list[tuple[str, str, list[str]]] = [
     ),
     (
         "parent-kind-gateway",
-        HEAD + "  parentRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]\n"
+        HEAD
+        + "  parentRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]\n"
         + RULE,
         [
             f"{F}: spec.parentRefs[0].group: group 'gateway.networking.k8s.io' is not "
@@ -96,7 +97,8 @@ CASES: list[tuple[str, str, list[str]]] = [
     ),
     (
         "consumer-route",
-        HEAD + "  parentRefs: [{group: '', kind: Service, name: product, namespace: other}]\n"
+        HEAD
+        + "  parentRefs: [{group: '', kind: Service, name: product, namespace: other}]\n"
         + RULE,
         [
             f'{F}: spec.parentRefs[0].namespace: attaching to a Service in namespace "other" '
@@ -106,8 +108,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ),
     (
         "parent-port",
-        HEAD + "  parentRefs: [{group: '', kind: Service, name: product, port: 81}]\n"
-        + RULE,
+        HEAD + "  parentRefs: [{group: '', kind: Service, name: product, port: 81}]\n" + RULE,
         [f'{F}: spec.parentRefs[0].port: Service "product" has no port 81'],
     ),
     (
@@ -143,10 +144,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         "redirect-with-backends",
         HEAD + PARENT + "  rules:\n  - filters: [{type: RequestRedirect, requestRedirect: "
         "{hostname: a.example}}]\n" + BACKEND,
-        [
-            f"{F}: spec.rules[0]: RequestRedirect filter must not be used together with "
-            "backendRefs"
-        ],
+        [f"{F}: spec.rules[0]: RequestRedirect filter must not be used together with backendRefs"],
     ),
     (
         "replace-prefix-needs-prefix",
@@ -181,8 +179,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ),
     (
         "bad-path-and-method",
-        HEAD + PARENT + "  rules:\n  - matches: [{path: {value: api}, method: FETCH}]\n"
-        + BACKEND,
+        HEAD + PARENT + "  rules:\n  - matches: [{path: {value: api}, method: FETCH}]\n" + BACKEND,
         [
             f"{F}: spec.rules[0].matches[0].path: value 'api' must be an absolute path "
             "starting with '/'",
@@ -222,7 +219,8 @@ CASES: list[tuple[str, str, list[str]]] = [
     ),
     (
         "grpc-and-http-on-one-service",
-        GRPC_HEAD + "  rules:\n  - backendRefs: [{name: cart, port: 9090}]\n---\n"
+        GRPC_HEAD
+        + "  rules:\n  - backendRefs: [{name: cart, port: 9090}]\n---\n"
         + HEAD.replace("name: product", "name: cart-http")
         + "  parentRefs: [{group: '', kind: Service, name: cart, port: 8080}]\n"
         "  rules:\n  - backendRefs: [{name: cart, port: 8080}]\n",
@@ -242,7 +240,10 @@ def test_bad_route_errors(tmp_path: Path, text: str, expected: list[str]) -> Non
 
 
 def test_a_full_route_loads_validates_and_round_trips(tmp_path: Path) -> None:
-    text = HEAD + PARENT + """\
+    text = (
+        HEAD
+        + PARENT
+        + """\
   rules:
   - name: canary
     matches:
@@ -263,6 +264,7 @@ def test_a_full_route_loads_validates_and_round_trips(tmp_path: Path) -> None:
     timeouts: {request: 2s, backendRequest: 500ms}
     retry: {codes: [503], attempts: 3, backoff: 100ms}
 """
+    )
     rs, errors = check_dir(write(tmp_path, {**BASE, "shop/route.yaml": text}))
     assert errors == []
     assert rs is not None

@@ -83,9 +83,7 @@ def _header_name(value: Any) -> str:
 
 HeaderName = Annotated[str, PlainValidator(_header_name)]
 BackendWeight = Annotated[int, PlainValidator(int_range(0, 1_000_000))]
-MatchType = Annotated[
-    Literal["Exact", "RegularExpression"], choice(("Exact", "RegularExpression"))
-]
+MatchType = Annotated[Literal["Exact", "RegularExpression"], choice(("Exact", "RegularExpression"))]
 
 
 def _group(value: Any) -> str:
@@ -135,9 +133,7 @@ class ParentReference(Model):
     group: Annotated[str, PlainValidator(_parent_group)] = Field(
         default=None, validate_default=True
     )
-    kind: Annotated[str, PlainValidator(_parent_kind)] = Field(
-        default=None, validate_default=True
-    )
+    kind: Annotated[str, PlainValidator(_parent_kind)] = Field(default=None, validate_default=True)
     namespace: str | None = None
     name: str = Field(min_length=1)
     section_name: str | None = None
@@ -168,9 +164,7 @@ class HTTPHeaderFilter(Model):
 
     @model_validator(mode="after")
     def _one_action_per_header(self) -> HTTPHeaderFilter:
-        names = [h.name.lower() for h in (*self.set_, *self.add)] + [
-            r.lower() for r in self.remove
-        ]
+        names = [h.name.lower() for h in (*self.set_, *self.add)] + [r.lower() for r in self.remove]
         twice = sorted(n for n, c in Counter(names).items() if c > 1)
         if twice:
             raise fail(
@@ -205,9 +199,7 @@ class HTTPPathModifier(Model):
         if self.type == "ReplaceFullPath" and (not full or prefix):
             raise fail("type ReplaceFullPath takes replaceFullPath (and not replacePrefixMatch)")
         if self.type == "ReplacePrefixMatch" and (not prefix or full):
-            raise fail(
-                "type ReplacePrefixMatch takes replacePrefixMatch (and not replaceFullPath)"
-            )
+            raise fail("type ReplacePrefixMatch takes replacePrefixMatch (and not replaceFullPath)")
         return self
 
 

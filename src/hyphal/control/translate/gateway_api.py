@@ -270,9 +270,7 @@ def _http_match(m: HTTPRouteMatch | None, j: int | None, uri: StringMatch) -> HT
         name=None if j is None else f"matches[{j}]",
         uri=uri,
         method=StringMatch(exact=m.method) if m is not None and m.method else None,
-        headers={
-            h.name.lower(): _string(h.type, h.value) for h in (m.unique_headers if m else ())
-        },
+        headers={h.name.lower(): _string(h.type, h.value) for h in (m.unique_headers if m else ())},
         query_params={
             q.name: _string(q.type, q.value) for q in (m.unique_query_params if m else ())
         },
