@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import sys
-from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
@@ -22,15 +17,14 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from google.protobuf import any_pb2, wrappers_pb2
+from grpc_interop import grpc_interop, read_line
 
-from hyphal.control.xds.server import AdsServer
 from hyphal.control.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, StaticSource
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 TARGET = "greeter.demo:50051"
 CALLS = 1000
-CLIENT = Path(__file__).with_name("grpc_xds_client.py")
 
 
 def _ads() -> config_source_pb2.ConfigSource:
@@ -98,69 +92,15 @@ def greeter_snapshot(port_a: int, port_b: int, weight_a: int, weight_b: int) -> 
     return Snapshot.from_messages(messages)
 
 
-async def _backend(answer: bytes) -> tuple[grpc.aio.Server, int]:
-    async def hello(request: bytes, context: Any) -> bytes:
-        return answer
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "demo.Greeter", {"Hello": grpc.unary_unary_rpc_method_handler(hello)}
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, port
-
-
-async def _line(proc: asyncio.subprocess.Process, timeout: float = 30) -> dict[str, Any]:
-    assert proc.stdout is not None
-    raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
-    assert raw, "the xDS client subprocess exited early (see its stderr above)"
-    result: dict[str, Any] = json.loads(raw)
-    return result
-
-
 async def test_proxyless_grpc_client_follows_weighted_clusters() -> None:
-    servers: list[grpc.aio.Server] = []
-    proc: asyncio.subprocess.Process | None = None
-    ads_server: AdsServer | None = None
-    try:
-        backend_a, port_a = await _backend(b"a")
-        backend_b, port_b = await _backend(b"b")
-        servers += [backend_a, backend_b]
+    async with grpc_interop() as it:
+        port_a = await it.backend(b"a")
+        port_b = await it.backend(b"b")
         source = StaticSource(greeter_snapshot(port_a, port_b, 80, 20))
-        ads_server = AdsServer(source, debounce=0.05)
-        ads = grpc.aio.server()
-        ads_server.add_to_server(ads)
-        ads_port = ads.add_insecure_port("127.0.0.1:0")
-        servers.append(ads)
-        await ads.start()
-        await ads_server.start()
-
-        bootstrap = {
-            "xds_servers": [
-                {
-                    "server_uri": f"127.0.0.1:{ads_port}",
-                    "channel_creds": [{"type": "insecure"}],
-                    "server_features": ["xds_v3"],
-                }
-            ],
-            "node": {"id": "greeter-client", "metadata": {"PROXY_MODE": "grpc"}},
-        }
-        env = dict(os.environ, GRPC_XDS_BOOTSTRAP_CONFIG=json.dumps(bootstrap))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(CLIENT),
-            TARGET,
-            str(CALLS),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        first = await _line(proc)
+        ads_server = await it.serve(source)
+        node = {"id": "greeter-client", "metadata": {"PROXY_MODE": "grpc"}}
+        proc = await it.client(TARGET, CALLS, node)
+        first = await read_line(proc)
         assert first["a"] + first["b"] == CALLS
         assert abs(first["a"] / CALLS - 0.80) <= 0.05, first
 
@@ -176,7 +116,7 @@ async def test_proxyless_grpc_client_follows_weighted_clusters() -> None:
         assert proc.stdin is not None
         proc.stdin.write(b"go\n")
         await proc.stdin.drain()
-        switched = await _line(proc)
+        switched = await read_line(proc)
         assert switched["seconds"] <= 1.0, switched
         # The client is still connected (making its last calls): it ACKed the new routes.
         for _ in range(100):
@@ -185,14 +125,6 @@ async def test_proxyless_grpc_client_follows_weighted_clusters() -> None:
                 break
             await asyncio.sleep(0.01)
         assert rds.acked_version == changed.version(ROUTE) and rds.last_nack is None, rds
-        after = await _line(proc)
+        after = await read_line(proc)
         assert abs(after["a"] / CALLS - 0.20) <= 0.05, after
         print(f"interop: before {first}, switched in {switched['seconds']:.3f} s, after {after}")
-    finally:
-        if proc is not None and proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for s in servers:
-            await s.stop(None)
-        if ads_server is not None:
-            await ads_server.stop()
