@@ -87,7 +87,7 @@ CASES: list[tuple[str, str, str, list[str]]] = [
             (
                 "shop/thing.yaml#1: kind: 'Frobnicator': unknown kind (supported kinds: Service, "
                 "Workload, VirtualService, DestinationRule, ServiceEntry, AuthorizationPolicy, "
-                "PeerAuthentication)"
+                "PeerAuthentication, HTTPRoute, GRPCRoute)"
             )
         ],
     ),
@@ -99,7 +99,7 @@ CASES: list[tuple[str, str, str, list[str]]] = [
             (
                 "gw.yaml#1: kind: 'Gateway': not supported by hyphal (supported kinds: Service, "
                 "Workload, VirtualService, DestinationRule, ServiceEntry, AuthorizationPolicy, "
-                "PeerAuthentication)"
+                "PeerAuthentication, HTTPRoute, GRPCRoute)"
             )
         ],
     ),
