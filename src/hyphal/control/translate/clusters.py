@@ -18,6 +18,7 @@ from hyphal.control.translate.pb import (
     cluster_pb2,
     duration,
     health_check_pb2,
+    http_protocol_options_pb2,
     outlier_detection_pb2,
     pack,
     percent_pb2,
@@ -150,8 +151,10 @@ def build_cluster(
     *,
     tls_sans: Sequence[str] | None = None,
     proxyless: bool = False,
+    http2: bool = False,
 ) -> Message:
     """An EDS cluster over ADS. `tls_sans` not None -> mTLS to a mesh destination with those SANs.
+    `http2` (GRPC/HTTP2 ports, sidecars only): HTTP/2 to the endpoints (`http2_options`).
 
     Proxyless gRPC clients accept only ROUND_ROBIN and RING_HASH: MAGLEV falls back to
     RING_HASH, the rest to ROUND_ROBIN.
@@ -205,13 +208,28 @@ def build_cluster(
         c.health_checks.append(_health_check(params.health_check))
     if tls_sans is not None and not params.tls_disabled and not proxyless:
         c.transport_socket.CopyFrom(upstream_tls(name, tls_sans))
+    if http2 and not proxyless:
+        http2_options(c)
     if hyphal_md:
         c.metadata.filter_metadata[naming.HYPHAL_METADATA].CopyFrom(struct(hyphal_md))
     return c
 
 
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def http2_options(c: Message) -> None:
+    """Envoy's modern form: `typed_extension_protocol_options[HttpProtocolOptions]` with
+    `explicit_http_config.http2_protocol_options` (the Cluster field of that name is
+    deprecated)."""
+    opts = http_protocol_options_pb2.HttpProtocolOptions()
+    opts.explicit_http_config.http2_protocol_options.SetInParent()
+    c.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(opts))
+
+
 def build_static_cluster(
-    name: str, address: str, port: int, connect_timeout: float = 10.0, service: str = ""
+    name: str, address: str, port: int, connect_timeout: float = 10.0, service: str = "",
+    http2: bool = False,
 ) -> Message:
     """A STATIC cluster (the sidecar's own app, `inbound|<port>||`). `service` is the FQDN of
     the Service the port serves, carried in `filter_metadata["hyphal"]["service"]` so the
@@ -226,4 +244,6 @@ def build_static_cluster(
     c.load_assignment.endpoints.add().lb_endpoints.append(lb_endpoint(address, port))
     if service:
         c.metadata.filter_metadata[naming.HYPHAL_METADATA].CopyFrom(struct({"service": service}))
+    if http2:
+        http2_options(c)
     return c

@@ -85,7 +85,8 @@ def _outbound(
                     continue
                 name = naming.outbound_cluster(port.number, subset, svc.host)
                 cl.messages[name] = build_cluster(
-                    name, r.params, tls_sans=sans, proxyless=proxyless
+                    name, r.params, tls_sans=sans, proxyless=proxyless,
+                    http2=port.protocol in ("GRPC", "HTTP2"),
                 )
                 cl.hashing[name] = r.consistent_hash
                 out[naming.ENDPOINT_TYPE][name] = build_cla(name, eps, r.subset_labels)
@@ -279,7 +280,8 @@ def _sidecar(
         )
         cname = naming.inbound_cluster(np.port)
         out[naming.CLUSTER_TYPE][cname] = build_static_cluster(
-            cname, "127.0.0.1", np.app_port, service=_inbound_service(index, node, np)
+            cname, "127.0.0.1", np.app_port, service=_inbound_service(index, node, np),
+            http2=np.protocol in ("GRPC", "HTTP2"),
         )
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2, health_check_pb2
+from envoy.config.core.v3 import base_pb2, health_check_pb2, protocol_pb2
 from envoy.config.core.v3 import health_check_pb2 as hc
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import struct_pb2
 
 from hyphal.proxy.compile.common import Where, join, seconds
@@ -24,6 +25,7 @@ from hyphal.proxy.runtime.tables import (
 )
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 _LB = {
     cluster_pb2.Cluster.ROUND_ROBIN: LbPolicy.ROUND_ROBIN,
@@ -66,6 +68,7 @@ def compile_cluster(c: cluster_pb2.Cluster) -> CompiledCluster:
             "common_lb_config",
             "ring_hash_lb_config",
             "maglev_lb_config",
+            "typed_extension_protocol_options",
         },
         "",
     )
@@ -101,6 +104,9 @@ def compile_cluster(c: cluster_pb2.Cluster) -> CompiledCluster:
             idle = seconds(o.idle_timeout) or None
         if o.HasField("max_requests_per_connection"):
             max_req = o.max_requests_per_connection.value or None
+    http2, max_streams, proto_idle = _http2(c, w)
+    if proto_idle is not None:
+        idle = proto_idle or None
     labels = hyphal_metadata(c.metadata, w, "metadata")
     lb = _LB[c.lb_policy]
     if labels.get("lb") == "PEAK_EWMA":
@@ -123,8 +129,57 @@ def compile_cluster(c: cluster_pb2.Cluster) -> CompiledCluster:
         ring_min_size=_ring_size(c, w),
         maglev_table_size=_maglev_size(c, w),
         service=_service(c.name, labels),
+        http2=http2,
+        max_concurrent_streams=max_streams,
     )
     return CompiledCluster(spec, eds_name)
+
+
+def _http2_options(o: protocol_pb2.Http2ProtocolOptions, w: Where, path: str) -> int:
+    """Accepted Http2ProtocolOptions fields; returns max_concurrent_streams (default 100)."""
+    w.only(o, {"max_concurrent_streams", "initial_stream_window_size",
+               "initial_connection_window_size"}, path)
+    if o.HasField("max_concurrent_streams"):
+        value = o.max_concurrent_streams.value
+        if value < 1:
+            raise w.error(join(path, "max_concurrent_streams"), "must be >= 1")
+        return int(value)
+    return 100
+
+
+def _http2(c: cluster_pb2.Cluster, w: Where) -> tuple[bool, int, float | None]:
+    """(http2, max concurrent streams, idle timeout or None) from
+    `typed_extension_protocol_options[HTTP_OPTIONS]` (explicit_http_config); the deprecated
+    Cluster.http2_protocol_options is refused by `w.only` above, naming the field."""
+    opts = c.typed_extension_protocol_options
+    for key in opts:
+        if key != HTTP_OPTIONS:
+            raise w.error(f"typed_extension_protocol_options[{key}]",
+                          f"not supported (only {HTTP_OPTIONS})")
+    if HTTP_OPTIONS not in opts:
+        return False, 100, None
+    path = f"typed_extension_protocol_options[{HTTP_OPTIONS}]"
+    hpo = w.unpack(opts[HTTP_OPTIONS], http_protocol_options_pb2.HttpProtocolOptions, path)
+    w.only(hpo, {"explicit_http_config", "common_http_protocol_options"}, path)
+    idle: float | None = None
+    if hpo.HasField("common_http_protocol_options"):
+        cpath = join(path, "common_http_protocol_options")
+        w.only(hpo.common_http_protocol_options, {"idle_timeout"}, cpath)
+        if hpo.common_http_protocol_options.HasField("idle_timeout"):
+            idle = seconds(hpo.common_http_protocol_options.idle_timeout)
+    if not hpo.HasField("explicit_http_config"):
+        raise w.error(join(path, "explicit_http_config"),
+                      "needed (auto/use_downstream protocol selection is not supported)")
+    ehc = hpo.explicit_http_config
+    epath = join(path, "explicit_http_config")
+    kind = ehc.WhichOneof("protocol_config")
+    if kind == "http2_protocol_options":
+        return True, _http2_options(ehc.http2_protocol_options, w,
+                                    join(epath, "http2_protocol_options")), idle
+    if kind == "http_protocol_options":
+        w.only(ehc.http_protocol_options, set(), join(epath, "http_protocol_options"))
+        return False, 100, idle
+    raise w.error(epath, f"{kind or 'no protocol'} is not supported (HTTP/1.1 or HTTP/2)")
 
 
 def _ring_size(c: cluster_pb2.Cluster, w: Where) -> int:
@@ -337,9 +392,9 @@ def check_sds(
         path,
     )
     for alpn in ctx.alpn_protocols:
-        if alpn != "http/1.1":
+        if alpn not in ("http/1.1", "h2"):
             raise w.error(
-                join(path, "alpn_protocols"), f"{alpn!r} is not supported (http/1.1 only)"
+                join(path, "alpn_protocols"), f"{alpn!r} is not supported (h2 or http/1.1)"
             )
     certs = [s.name for s in ctx.tls_certificate_sds_secret_configs]
     if certs != [DEFAULT_SECRET]:

@@ -423,6 +423,10 @@ class ClusterSpec:
     maglev_table_size: int = 65537  # maglev_lb_config.table_size (a prime)
     # Istio telemetry labels for the destination (service FQDN, workload, ...).
     service: str = ""
+    # HTTP/2 to the endpoints (Envoy's explicit_http_config.http2_protocol_options): ALPN
+    # `h2` over TLS, prior knowledge (h2c) in plaintext; streams share one connection.
+    http2: bool = False
+    max_concurrent_streams: int = 100
 
 
 # ---------------------------------------------------------------- listeners
