@@ -14,6 +14,7 @@ from hyphal.identity.node import NodePort
 from hyphal.identity.spiffe import spiffe_uri
 from hyphal.local.model import MeshSpec, ServiceSpec, WorkloadSpec, env_name
 from hyphal.local.ports import PortAllocator
+from hyphal.local.rundir import RunDir
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +161,9 @@ def plan_run(
     trust_domain: str = "cluster.local",
     cert_ttl_seconds: int = 86400,
 ) -> RunPlan:
+    layout = RunDir(run_dir)
     control = ControlPlan(
-        state_dir=run_dir / "control",
+        state_dir=layout.control_state,
         xds_port=ports.allocate(),
         xds_plaintext_port=ports.allocate(),
         ca_port=ports.allocate(),
@@ -197,10 +199,10 @@ def plan_run(
                 admin_port=ports.allocate(),
                 upstream_ports=upstream_ports,
                 upstream_env=upstream_env,
-                token_file=run_dir / "tokens" / f"{key}.token",
-                bootstrap_file=run_dir / "bootstrap" / f"{key}.json",
-                app_log=run_dir / "logs" / f"{key}.log",
-                sidecar_log=run_dir / "logs" / f"{key}.sidecar.log",
+                token_file=layout.tokens / f"{key}.token",
+                bootstrap_file=layout.bootstrap / f"{key}.json",
+                app_log=layout.logs / f"{key}.log",
+                sidecar_log=layout.logs / f"{key}.sidecar.log",
                 trust_domain=trust_domain,
             ))
     return RunPlan(mesh=mesh, control=control, replicas=tuple(replicas))

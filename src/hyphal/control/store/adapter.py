@@ -28,11 +28,6 @@ def _lines(exc: config.ConfigErrors) -> list[str]:
     return [str(e) for e in exc.errors] or [str(exc)]
 
 
-def resources_of(rs: Iterable[Resource]) -> list[Resource]:
-    """Every resource in a ResourceSet (or any iterable of resources)."""
-    return list(rs)
-
-
 def key_of(resource: Resource) -> Key:
     return (str(resource.kind), str(resource.metadata.namespace), str(resource.metadata.name))
 

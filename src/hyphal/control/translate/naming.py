@@ -41,14 +41,6 @@ def outbound_cluster(port: int, subset: str, host: str) -> str:
     return f"outbound|{port}|{subset}|{host}"
 
 
-def parse_outbound_cluster(name: str) -> tuple[int, str, str]:
-    """Inverse of outbound_cluster: (port, subset, host); ValueError if it is not one."""
-    parts = name.split("|")
-    if len(parts) != 4 or parts[0] != "outbound":
-        raise ValueError(f"{name!r} is not an outbound cluster name (outbound|port|subset|host)")
-    return int(parts[1]), parts[2], parts[3]
-
-
 def inbound_cluster(port: int) -> str:
     """The sidecar's cluster to its own app for workload port `port`: `inbound|<port>||`."""
     return f"inbound|{port}||"
