@@ -72,6 +72,14 @@ class _Node(BaseModel):
     metadata: _Metadata
 
 
+class _Tracing(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sampling: float = Field(default=0.01, ge=0.0, le=1.0)
+    otlp_file: str | None = None
+    otlp_http: str | None = None
+
+
 class _Bootstrap(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -84,6 +92,7 @@ class _Bootstrap(BaseModel):
     admin_port: int = Field(default=0, ge=0, le=65535)
     access_log: str = "-"
     cert_ttl_seconds: int = Field(default=86400, ge=1)
+    tracing: _Tracing | None = None
 
     @field_validator("xds_address", "ca_address")
     @classmethod
@@ -146,6 +155,8 @@ class Bootstrap:
     access_log: str
     cert_ttl_seconds: int
     source: str = "<bootstrap>"
+    # The `tracing` block as written (sampling, otlp_file, otlp_http); see telemetry/tracing.py.
+    tracing: tuple[tuple[str, Any], ...] = ()
 
     @property
     def spiffe_id(self) -> str:
@@ -237,6 +248,7 @@ def parse_bootstrap(
         access_log=m.access_log,
         cert_ttl_seconds=m.cert_ttl_seconds,
         source=source,
+        tracing=tuple(sorted(m.tracing.model_dump().items())) if m.tracing else (),
     )
 
 
@@ -255,4 +267,27 @@ def load_bootstrap(path: str | Path) -> Bootstrap:
         raise BootstrapError(
             f"{p}: line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}"
         ) from None
-    return parse_bootstrap(data, source=str(p), base_dir=p.parent.resolve())
+    bootstrap = parse_bootstrap(data, source=str(p), base_dir=p.parent.resolve())
+    _install_tracer(bootstrap)
+    return bootstrap
+
+
+def _install_tracer(bootstrap: Bootstrap) -> None:
+    """Install the process tracer from the `tracing` block and HYPHAL_TRACE_* variables.
+
+    Done here because loading the bootstrap is the sidecar process's start; the data plane
+    reads the process tracer per request (telemetry/tracing.py)."""
+    from hyphal.telemetry.otlp import start_tracer
+    from hyphal.telemetry.tracing import install, settings_from
+
+    try:
+        settings = settings_from(dict(bootstrap.tracing), source=f"{bootstrap.source}: tracing")
+    except ValueError as exc:
+        raise BootstrapError(str(exc)) from None
+    n = bootstrap.node
+    install(start_tracer(settings, (
+        ("service.name", n.workload_name or n.cluster),
+        ("service.namespace", n.namespace),
+        ("service.instance.id", n.id),
+        ("hyphal.identity", bootstrap.spiffe_id),
+    )))

@@ -46,6 +46,7 @@ from hyphal.proxy.upstream.policy import (
     with_deadline,
 )
 from hyphal.proxy.upstream.pool import ConnectFailure, UpstreamConnection
+from hyphal.telemetry import tracing
 
 __all__ = ["Downstream", "Exchange"]
 
@@ -57,7 +58,7 @@ _HASHING = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})
 class Exchange(Relay):
     """One request/response exchange; `run()` is its task."""
 
-    __slots__ = ("deadline", "retry_after_s", "retry_held", "retry_refused")
+    __slots__ = ("deadline", "retry_after_s", "retry_held", "retry_refused", "span")
 
     def __init__(self, down: Downstream, ctx: ListenerContext, head: RequestHead,
                  config: ProxyConfig) -> None:
@@ -66,6 +67,7 @@ class Exchange(Relay):
         self.retry_after_s: float | None = None
         self.retry_held = False  # a breaker max_retries unit is held by the current try
         self.retry_refused = ""  # why a wanted retry did not happen (budget, breaker)
+        self.span: tracing.ActiveSpan | None = None  # set only for sampled requests
 
     async def run(self) -> None:
         self.running = True
@@ -87,11 +89,27 @@ class Exchange(Relay):
             self.close_after = True
         finally:
             self._finish()
+            if self.span is not None:
+                self._end_span(self.span)
+
+    def _end_span(self, span: tracing.ActiveSpan) -> None:
+        tracing.TRACER.end(
+            span, end_wall=time.time(), method=self.head.method.decode("latin-1"),
+            authority=self.authority, path=self.path, status=self.status, reason=self.reason,
+            peer_identity=self.down.peer_identity, attributes=(
+                ("hyphal.workload", self.config.workload),
+                ("hyphal.cluster", self.cluster_name),
+                ("network.peer.address", self.upstream_addr),
+                ("http.request_id", self.request_id.decode("latin-1")),
+            ))
 
     async def _run(self) -> None:
         head = self.head
         ctx = self.ctx
         config = self.config
+        if tracing.TRACER.enabled:
+            self.span = tracing.TRACER.begin(head.headers, ctx.spec.is_inbound,
+                                             self.started_wall)
         target = parse_target(head.target, head.host)
         method = head.method.decode("latin-1")
         if target is None:
@@ -158,6 +176,8 @@ class Exchange(Relay):
             return
         try:
             up_source = head if budget.headers is None else replace(head, headers=budget.headers)
+            if self.span is not None:  # sampled: the next hop's parent is this span
+                up_source = replace(up_source, headers=self.span.inject(up_source.headers))
             self.request_id, up_head = upstream_request_head(
                 up_source, target, vhost, route, picked, peer_ip=self.down.peer_ip,
                 peer_identity=self.down.peer_identity, own_identity=config.identity,
