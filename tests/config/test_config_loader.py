@@ -88,7 +88,7 @@ spec:
 """
     ap, pa = load_text(text, "sec.yaml")
     assert ap.kind == "AuthorizationPolicy" and pa.kind == "PeerAuthentication"
-    rule = ap.spec.rules[0]  # type: ignore[union-attr]
+    rule = ap.spec.rules[0]
     assert rule.from_[0].source.principals == ("cluster.local/ns/shop/sa/cart",)
     assert rule.to[0].operation.ports == (8080,)
     assert rule.when[0].header_name == "x-user"
@@ -227,4 +227,4 @@ spec:
 def test_models_are_frozen() -> None:
     [svc] = load_text(BASE["shop/services.yaml"], "s.yaml")[:1]
     with pytest.raises(ValidationError, match="frozen"):
-        svc.metadata = svc.metadata  # type: ignore[misc]
+        svc.metadata = svc.metadata

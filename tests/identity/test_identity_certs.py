@@ -45,7 +45,7 @@ def test_generated_key_is_p256_and_round_trips_pem() -> None:
     pem = key_to_pem(key)
     assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
     loaded = load_private_key(pem)
-    assert loaded.private_numbers() == key.private_numbers()  # type: ignore[union-attr]
+    assert loaded.private_numbers() == key.private_numbers()
 
 
 def test_load_private_key_error_does_not_echo_input() -> None:

@@ -204,10 +204,11 @@ def test_refuses_csr_with_bad_signature(ca: CertificateAuthority) -> None:
 
 def test_refuses_weak_or_unsupported_keys(ca: CertificateAuthority) -> None:
     san = [x509.UniformResourceIdentifier(SHOP.uri)]
-    for key, pattern in [
+    weak: list[tuple[ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, str]] = [
         (ec.generate_private_key(ec.SECP384R1()), "secp384r1"),
         (rsa.generate_private_key(public_exponent=65537, key_size=1024), "RSA 1024"),
-    ]:
+    ]
+    for key, pattern in weak:
         builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=True)
         pem = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)

@@ -15,7 +15,7 @@ LONE = sidecar("lone", "shop", {"app": "nobody-selects-me"}, "lone", base=22000)
 
 
 def _service(node_out: dict[str, dict[str, object]], cluster: str) -> str:
-    return compile_cluster(node_out[naming.CLUSTER_TYPE][cluster]).spec.service  # type: ignore[arg-type]
+    return compile_cluster(node_out[naming.CLUSTER_TYPE][cluster]).spec.service
 
 
 def test_inbound_cluster_carries_the_service_fqdn_matched_by_target_port_name() -> None:
@@ -33,5 +33,5 @@ def test_inbound_cluster_matched_by_port_number() -> None:
 def test_inbound_cluster_with_no_selecting_service_has_no_service() -> None:
     out = run(load(SHOP), LONE, LONE)
     c = out[naming.CLUSTER_TYPE]["inbound|8080||"]
-    assert naming.HYPHAL_METADATA not in c.metadata.filter_metadata  # type: ignore[attr-defined]
+    assert naming.HYPHAL_METADATA not in c.metadata.filter_metadata
     assert _service(out, "inbound|8080||") == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from translate_helpers import SHOP, load, proxyless, routes_of, run, sidecar, unpack
 
 from hyphal.control.translate import naming
@@ -245,7 +247,7 @@ spec:
 """
 
 
-def _rbac_filters(out: dict, port: int = 8080) -> list:
+def _rbac_filters(out: dict[str, Any], port: int = 8080) -> list[Any]:
     chain = out[naming.LISTENER_TYPE][f"inbound|{port}"].filter_chains[0]
     hcm = unpack(chain.filters[0].typed_config, hcm_pb2.HttpConnectionManager)
     assert hcm.http_filters[-1].name == "envoy.filters.http.router"

@@ -46,7 +46,7 @@ class Interop:
                 ),
             )
         )
-        port = server.add_insecure_port("127.0.0.1:0")
+        port: int = server.add_insecure_port("127.0.0.1:0")
         self.servers.append(server)
         await server.start()
         return port

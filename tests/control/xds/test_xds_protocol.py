@@ -64,8 +64,8 @@ def test_names_change_with_current_nonce_is_answered_but_unchanged_result_is_not
     # Adding a name that does not exist yet changes nothing the client would receive.
     out = s.receive(request(ROUTE, ["r", "later"], nonce=r1.nonce, version=r1.version))
     assert out.kind == "ack" and out.responses == ()
-    out = s.update(snap(cluster("a"), route("r"), route("later")))
-    assert [r.names for r in out] == [("later", "r")]
+    pushed = s.update(snap(cluster("a"), route("r"), route("later")))
+    assert [r.names for r in pushed] == [("later", "r")]
 
 
 def test_empty_nonce_on_known_type_is_answered_again() -> None:
