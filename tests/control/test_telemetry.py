@@ -4,6 +4,7 @@ the stats/graph/federation views, the API routes, and a real scrape of an admin 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,29 @@ async def test_fetch_from_a_real_admin_listener() -> None:
             await fetch_stats(t, 1.0)
     finally:
         await admin.close()
+
+
+async def test_api_routes_serve_the_views(tmp_path: Path) -> None:
+    from hyphal.control.api import ApiHandlers
+    from hyphal.control.store import Store
+
+    async def fetch(t: ScrapeTarget, timeout: float) -> str:
+        return _stats(4, 1)
+
+    agg = TelemetryAggregator(
+        lambda: [ScrapeTarget("p-0.shop", "product-v1", "shop", "127.0.0.1", 1, 0.0)],
+        fetch=fetch)
+    await agg.scrape_once()
+    auth = {"authorization": "Bearer tok"}
+    api = ApiHandlers(Store(tmp_path, None, "cluster.local"), "tok", telemetry=agg)
+    stats = api.handle("GET", "/api/v1/stats?namespace=shop&kind=deploy", auth, b"")
+    assert stats.status == 200
+    assert [r["name"] for r in stats.body["items"]] == ["product-v1"]
+    assert api.handle("GET", "/api/v1/stats?kind=pods", auth, b"").status == 400
+    graph = api.handle("GET", "/api/v1/graph", auth, b"")
+    assert graph.status == 200 and graph.body["edges"][0]["to_name"] == "product"
+    metrics = api.handle("GET", "/api/v1/metrics", auth, b"")
+    assert metrics.content_type.startswith("text/plain") and "istio_requests_total{" in metrics.body
+    assert api.handle("GET", "/api/v1/metrics", {}, b"").status == 401
+    off = ApiHandlers(Store(tmp_path, None, "cluster.local"), "tok")
+    assert off.handle("GET", "/api/v1/graph", auth, b"").status == 503

@@ -15,6 +15,9 @@ Endpoints (all JSON; errors are `{"errors": [...]}`):
   GET  /api/v1/resources        ?kind=&namespace=&name=
   GET  /api/v1/status           xDS connections, registry, CA
   POST /api/v1/tokens           JSON {"namespace", "service_account", "ttl_seconds"?}
+  GET  /api/v1/stats            ?namespace=&kind=deploy|svc  golden metrics (control/telemetry.py)
+  GET  /api/v1/graph            ?namespace=  service graph edges
+  GET  /api/v1/metrics          every sidecar's series, Prometheus text (federation)
 Everything under /api/ needs `Authorization: Bearer <admin-token>`.
 """
 
@@ -34,11 +37,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from hyphal.control.client import ADMIN_TOKEN_FILE
 from hyphal.control.store import ChangeResult, Store, parse_refs
 
 log = logging.getLogger("hyphal.control.api")
 
-ADMIN_TOKEN_FILE = "admin-token"
 MAX_BODY = 8 * 1024 * 1024
 
 JSONValue = Any
@@ -71,6 +74,7 @@ def load_or_create_admin_token(state_dir: Path) -> str:
 class Reply:
     status: int
     body: JSONValue
+    content_type: str = "application/json"  # anything else: `body` is sent as text
 
 
 def _errors(status: int, *errors: str) -> Reply:
@@ -106,7 +110,9 @@ class ApiHandlers:
         readiness: Readiness | None = None,
         status: StatusFn | None = None,
         mint_token: MintToken | None = None,
+        telemetry: Any = None,  # a control.telemetry.TelemetryAggregator
     ) -> None:
+        self.telemetry = telemetry
         self.store = store
         self.admin_token = admin_token
         self.readiness = readiness or list
@@ -155,6 +161,9 @@ class ApiHandlers:
             ("GET", "/api/v1/resources"): lambda: self._resources(query),
             ("GET", "/api/v1/status"): lambda: Reply(200, dict(self.status())),
             ("POST", "/api/v1/tokens"): lambda: self._tokens(body),
+            ("GET", "/api/v1/stats"): lambda: self._telemetry("stats", query),
+            ("GET", "/api/v1/graph"): lambda: self._telemetry("graph", query),
+            ("GET", "/api/v1/metrics"): lambda: self._telemetry("metrics", query),
         }
         handler = routes.get((method, path))
         if handler is None:
@@ -213,6 +222,20 @@ class ApiHandlers:
             return _errors(400, str(exc))
         return Reply(200, {"generation": self.store.generation, "items": items})
 
+    def _telemetry(self, view: str, query: Mapping[str, str]) -> Reply:
+        t = self.telemetry
+        if t is None:
+            return _errors(503, "telemetry aggregation is not running on this control plane")
+        ns = query.get("namespace") or None
+        if view == "metrics":
+            return Reply(200, t.federate(), "text/plain; version=0.0.4")
+        if view == "graph":
+            return Reply(200, t.graph(ns))
+        try:
+            return Reply(200, t.stats(ns, query.get("kind") or "deploy"))
+        except ValueError as exc:
+            return _errors(400, str(exc))
+
     def _tokens(self, body: bytes) -> Reply:
         if self.mint_token is None:
             return _errors(503, "token issuing is not available on this control plane")
@@ -261,9 +284,12 @@ class _Handler(BaseHTTPRequestHandler):
     do_DELETE = _serve
 
     def _send(self, reply: Reply) -> None:
-        data = (json.dumps(reply.body, indent=2, sort_keys=False) + "\n").encode()
+        if reply.content_type == "application/json":
+            data = (json.dumps(reply.body, indent=2, sort_keys=False) + "\n").encode()
+        else:
+            data = str(reply.body).encode()
         self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -80,7 +80,13 @@ class ControlPlane:
             lifetime = dt.timedelta(seconds=ttl) if ttl else dt.timedelta(hours=24)
             return tokens.mint(namespace, service_account, lifetime)
 
-        handlers = ApiHandlers(store, admin_token, self.readiness.waiting, self.status, mint)
+        from hyphal.control.telemetry import TelemetryAggregator, targets_from_connections
+
+        conns: list[Any] = []  # filled once the ADS server exists
+        telemetry = TelemetryAggregator(
+            lambda: targets_from_connections(conns[0].connections()) if conns else [])
+        handlers = ApiHandlers(store, admin_token, self.readiness.waiting, self.status, mint,
+                               telemetry)
         self._api = ApiServer(handlers, loop, host=opts.host, port=opts.api_port)
         self._api.start()
         self.ports["api"] = self._api.port
@@ -123,6 +129,8 @@ class ControlPlane:
         self.readiness.mark_ready("xds")
 
         self._stack.append(asyncio.create_task(store.watch(opts.poll_interval)))
+        conns.append(ads)
+        self._stack.append(asyncio.create_task(telemetry.run(), name="telemetry"))
         write_ports(opts.state_dir, self.ports)
         log.info(
             "control plane ready: xds=%s xds-plaintext=%s ca=%s api=%s trust-domain=%s "

@@ -121,6 +121,7 @@ class ReplicaPlan:
                     "OUTBOUND_HTTP_PORT": self.outbound_http_port,
                     "PORTS": [b.to_metadata() for b in self.ports],
                     "UPSTREAM_PORTS": dict(self.upstream_ports),
+                    "ADMIN_PORT": self.admin_port,  # the control plane scrapes its stats
                 },
             },
             "xds_address": f"127.0.0.1:{control.xds_port}",
