@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from hyphal.local.probe import HttpError, request
+from hyphal.control.client import ADMIN_TOKEN_FILE, ApiClient, ApiError, ApiTarget, ClientError
 
 
 class ControlPlaneError(Exception):
@@ -15,7 +14,7 @@ class ControlPlaneError(Exception):
 
 def admin_token(state_dir: Path, timeout: float = 10.0) -> str:
     """`<state-dir>/admin-token`, waiting for the control plane to create it on first start."""
-    path = state_dir / "admin-token"
+    path = state_dir / ADMIN_TOKEN_FILE
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -39,26 +38,28 @@ def mint_token(
     payload: dict[str, object] = {"namespace": namespace, "service_account": service_account}
     if ttl_seconds is not None:
         payload["ttl_seconds"] = ttl_seconds
+    who = f"{namespace}/{service_account}"
     try:
-        status, body = request(
-            f"{api}/api/v1/tokens",
-            method="POST",
-            body=json.dumps(payload).encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-            timeout=5.0,
-        )
-    except HttpError as exc:
+        reply = local_api(api, token, timeout=5.0).post_json("/api/v1/tokens", payload)
+    except ApiError as exc:
         raise ControlPlaneError(
-            f"could not mint a bootstrap token for {namespace}/{service_account}: {exc}"
+            f"the control plane refused a bootstrap token for {who}: {exc}"
         ) from exc
-    if status != 200:
-        raise ControlPlaneError(
-            f"the control plane refused a bootstrap token for {namespace}/{service_account}: "
-            f"HTTP {status}: {body[:300].decode(errors='replace')}"
-        )
-    value = json.loads(body).get("token")
+    except ClientError as exc:
+        raise ControlPlaneError(f"could not mint a bootstrap token for {who}: {exc}") from exc
+    value = reply.get("token") if isinstance(reply, dict) else None
     if not isinstance(value, str) or not value:
         raise ControlPlaneError(
-            f"POST {api}/api/v1/tokens answered without a token: {body[:200]!r}"
+            f"POST {api}/api/v1/tokens answered without a token: {str(reply)[:200]}"
         )
     return value
+
+
+def local_api(api: str, token: str | None, timeout: float) -> ApiClient:
+    """The API client for the control plane this run started (loopback: no HTTP_PROXY)."""
+    return ApiClient(
+        ApiTarget(url=api, token=token, source="the run directory"),
+        timeout=timeout,
+        use_env_proxy=False,
+        unauthorized_hint=None,
+    )

@@ -9,10 +9,11 @@ such instead of failing the whole report.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
+from hyphal.control.client import ADMIN_TOKEN_FILE, ClientError, read_admin_token
 from hyphal.local import configdump, procs
+from hyphal.local.control import local_api
 from hyphal.local.probe import HttpError, get_json, is_ready
 from hyphal.local.rundir import MeshState, ProcessRecord
 
@@ -123,13 +124,14 @@ def control_status(state: MeshState) -> dict[str, Any]:
     if rec is None or rec.pid is None or not procs.is_alive(rec.pid, rec.start_ticks):
         return {"error": "control plane is not running"}
     try:
-        token = (Path(state.state_dir) / "admin-token").read_text().strip()
-    except OSError as exc:
-        return {"error": f"cannot read the admin token: {exc}"}
+        token = read_admin_token(state.state_dir)
+    except ClientError as exc:
+        return {"error": str(exc)}
+    if not token:
+        return {"error": f"cannot read the admin token: no {ADMIN_TOKEN_FILE} in {state.state_dir}"}
     try:
-        body = get_json(f"{state.api}/api/v1/status",
-                        headers={"Authorization": f"Bearer {token}"}, timeout=2.0)
-    except (HttpError, ValueError) as exc:
+        body = local_api(state.api, token, timeout=2.0).get("/api/v1/status")
+    except (ClientError, ValueError) as exc:
         return {"error": str(exc)}
     return body if isinstance(body, dict) else {"status": body}
 
