@@ -7,6 +7,7 @@ import contextlib
 import logging
 import random
 
+from hyphal.proxy.h2.upstream import H2Pool
 from hyphal.proxy.http.codec import Limits
 from hyphal.proxy.http.context import ListenerContext, Timeouts
 from hyphal.proxy.listeners import Listener, ListenerBindError, bind, needs_rebind
@@ -42,6 +43,7 @@ class DataPlane:
         self.limits = limits or Limits()
         self.timeouts = timeouts or Timeouts()
         self.pool = ConnectionPool(tls, stats)
+        self.h2_pool = H2Pool(tls, stats)
         self.clusters = ClusterManager(self.pool)
         self._listeners: dict[str, Listener] = {}
         self._retired: list[Listener] = []
@@ -101,7 +103,7 @@ class DataPlane:
         return ListenerContext(spec=spec, holder=self.holder, clusters=self.clusters,
                                pool=self.pool, tls=self.tls, stats=self.stats,
                                access_log=self.access_log, limits=self.limits,
-                               timeouts=self.timeouts, rng=self._rng)
+                               timeouts=self.timeouts, rng=self._rng, h2_pool=self.h2_pool)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish (up to `timeout` seconds)."""
@@ -124,6 +126,7 @@ class DataPlane:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.server.wait_closed(), 1.0)
         self.pool.close_all()
+        self.h2_pool.close_all()
         self._listeners.clear()
         self._retired.clear()
         self.access_log.flush()

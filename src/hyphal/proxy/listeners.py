@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hyphal.proxy.h2.detect import Sniffer, http_factory
+from hyphal.proxy.h2.server import H2Downstream
 from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.server import HttpDownstream
 from hyphal.proxy.runtime.tables import ListenerSpec
@@ -38,7 +40,7 @@ class Listener:
         def sweep() -> None:
             now = time.monotonic()
             for conn in list(self.ctx.connections):
-                if isinstance(conn, HttpDownstream):
+                if isinstance(conn, HttpDownstream | H2Downstream | Sniffer):
                     conn.check_timers(now)
             self.sweeper = loop.call_later(tick, sweep)
 
@@ -60,7 +62,7 @@ class Listener:
     def drain(self) -> None:
         self.ctx.draining = True
         for conn in list(self.ctx.connections):
-            if isinstance(conn, HttpDownstream | TcpDownstream):
+            if isinstance(conn, HttpDownstream | TcpDownstream | H2Downstream | Sniffer):
                 conn.drain()
 
     def abort_all(self) -> None:
@@ -75,7 +77,8 @@ async def bind(ctx: ListenerContext) -> Listener:
     loop = asyncio.get_running_loop()
     factory: Callable[[], asyncio.Protocol]
     if spec.is_http:
-        factory = lambda: HttpDownstream(ctx)  # noqa: E731
+        # HTTP/2 (h2c preface, CONNECT tunnels, ALPN h2) or HTTP/1.1: hyphal.proxy.h2.detect
+        factory = http_factory(ctx, lambda: HttpDownstream(ctx), spec.tls is not None)
     else:
         factory = lambda: TcpDownstream(ctx)  # noqa: E731
     ssl_ctx = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hyphal.proxy.http.codec import Limits
 from hyphal.proxy.runtime.holder import ConfigHolder
@@ -13,6 +14,9 @@ from hyphal.proxy.upstream.cluster import ClusterManager
 from hyphal.proxy.upstream.pool import ConnectionPool
 from hyphal.telemetry.accesslog import AccessLog
 from hyphal.telemetry.stats import PeerLabels, Stats
+
+if TYPE_CHECKING:
+    from hyphal.proxy.h2.upstream import H2Pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,7 @@ class ListenerContext:
     connections: set[object] = field(default_factory=set)
     _labels: dict[tuple[str, str, str | None], PeerLabels] = field(default_factory=dict)
     draining: bool = False
+    h2_pool: H2Pool | None = None  # multiplexed HTTP/2 upstreams (hyphal.proxy.h2)
 
     def labels(self, config: ProxyConfig, cluster: ClusterSpec | None,
                peer: str | None) -> PeerLabels:

@@ -24,11 +24,17 @@ class TlsConfigError(Exception):
 class _Contexts:
     server: ssl.SSLContext
     client: ssl.SSLContext
+    client_h2: ssl.SSLContext
 
 
-def _load(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes, server: bool) -> ssl.SSLContext:
+def _load(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes, server: bool,
+          alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if server:
+        ctx.set_alpn_protocols(["h2", "http/1.1"])  # h2 goes to hyphal.proxy.h2
+    elif alpn:
+        ctx.set_alpn_protocols(list(alpn))
     if not server:
         ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -73,7 +79,8 @@ class TlsMaterial:
     @staticmethod
     def _build(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> _Contexts:
         return _Contexts(_load(chain_pem, key_pem, bundle_pem, server=True),
-                         _load(chain_pem, key_pem, bundle_pem, server=False))
+                         _load(chain_pem, key_pem, bundle_pem, server=False),
+                         _load(chain_pem, key_pem, bundle_pem, server=False, alpn=("h2",)))
 
     def _select(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
         current = self._contexts.server
@@ -95,6 +102,11 @@ class TlsMaterial:
     def client_context(self) -> ssl.SSLContext:
         """The context for a new upstream connection (take it per connection)."""
         return self._contexts.client
+
+    @property
+    def h2_client_context(self) -> ssl.SSLContext:
+        """The same, offering ALPN `h2` (clusters with `http2`)."""
+        return self._contexts.client_h2
 
 
 def uri_sans(peercert: dict[str, Any] | None) -> tuple[str, ...]:

@@ -1,0 +1,603 @@
+"""One HTTP/2 request stream through the proxy: route, policy, upstream attempts, relay.
+
+Theory of operation: the downstream connection makes an H2Exchange per request stream and
+feeds it DATA, trailers, end and reset events; `run()` (one task) decides the route (`:path`
+and `:authority` through `hyphal.proxy.router`), RBAC, faults, picks a weighted cluster and
+uses the cluster runtime (breakers, picker, outlier detection, retry budget, backoff) exactly
+as the HTTP/1.1 exchange does, then makes attempts, each one stream on a pooled multiplexed
+upstream connection. Upstream events arrive synchronously (the exchange is the stream's sink)
+and either commit the response or, before commit, end the attempt with RETRY when the status
+or a trailers-only `grpc-status` matches `retry_on`. Bodies stream with per-chunk flow
+control acknowledgements; up to REPLAY_LIMIT bytes are kept for a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from functools import partial
+from typing import Protocol
+
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
+
+from hyphal.proxy.filters.fault import decide as decide_fault
+from hyphal.proxy.h2 import grpc
+from hyphal.proxy.h2.endpoint import OnSent
+from hyphal.proxy.h2.grpc import H2Headers
+from hyphal.proxy.h2.headers import RequestHead, downstream_block, upstream_block, with_deadline
+from hyphal.proxy.h2.upstream import H2Pool, H2Upstream
+from hyphal.proxy.http.context import ListenerContext
+from hyphal.proxy.http.headers import REASONS, header_map
+from hyphal.proxy.http.request import redirect_location
+from hyphal.proxy.resilience.backoff import Backoff, FailureKind
+from hyphal.proxy.router import Target, rewrite_path, select_route
+from hyphal.proxy.runtime.tables import (
+    ClusterAction,
+    ClusterSpec,
+    DirectResponse,
+    LbPolicy,
+    ProxyConfig,
+    RedirectAction,
+    RetryPolicy,
+    Route,
+    VirtualHost,
+)
+from hyphal.proxy.upstream.cluster import ClusterRuntime
+from hyphal.proxy.upstream.policy import caller_budget, effective_deadline, request_hash_key
+from hyphal.proxy.upstream.pool import ConnectFailure
+from hyphal.telemetry.accesslog import iso_time
+
+log = logging.getLogger(__name__)
+
+REPLAY_LIMIT = 65536
+_HASHING = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})
+
+
+class Outcome(enum.Enum):
+    DONE = "done"
+    RETRY = "retry"
+    RESET = "reset"
+    TIMEOUT = "timeout"
+    BROKEN = "broken"  # failed after the response was committed
+
+
+class Downstream(Protocol):
+    peer_ip: str
+    peer_identity: str | None
+    port: int
+
+    def send_headers(self, stream_id: int, headers: H2Headers, end: bool) -> None: ...
+    def send_data(self, stream_id: int, data: bytes, end: bool,
+                  on_sent: OnSent | None = None) -> None: ...
+    def reset(self, stream_id: int, code: ErrorCodes = ErrorCodes.CANCEL) -> None: ...
+    def ack(self, stream_id: int, size: int) -> None: ...
+    def stream_done(self, stream_id: int) -> None: ...
+
+
+def h2_pool(ctx: ListenerContext) -> H2Pool:
+    pool = ctx.h2_pool
+    if pool is None:  # a context built without one (tests): make it on first use
+        pool = ctx.h2_pool = H2Pool(ctx.tls, ctx.stats)
+    return pool
+
+
+class H2Exchange:
+    """One request stream; `run()` is its task."""
+
+    def __init__(self, down: Downstream, ctx: ListenerContext, stream_id: int,
+                 block: H2Headers, config: ProxyConfig, ended: bool,
+                 default_authority: str = "") -> None:
+        self.down = down
+        self.ctx = ctx
+        self.sid = stream_id
+        self.config = config  # pinned for the whole exchange
+        self.head = RequestHead.parse(block, default_authority)
+        self.grpc = grpc.is_grpc(self.head.headers)
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.req_done = ended
+        self.req_trailers: H2Headers | None = None
+        self.kept: list[bytes] = []  # the whole body so far, while replayable
+        self.kept_bytes = 0
+        self.replayable = True
+        self.waiting: list[tuple[bytes, int]] = []  # received, not yet sent upstream
+        self.sent_once = False
+        self.up: H2Upstream | None = None
+        self.up_sid = 0
+        self.attempt: asyncio.Future[Outcome] | None = None
+        self.refused = False
+        self.committed = False
+        self.resp_done = False
+        self.down_ended = False
+        self.resp_extra: H2Headers | None = None
+        self.status = 0
+        self.grpc_status: int | None = None
+        self.reason = "-"
+        self.request_id = b""
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.route: Route | None = None
+        self.vhost: VirtualHost | None = None
+        self.spec: ClusterSpec | None = None
+        self.policy: RetryPolicy | None = None
+        self.retries_left = 0
+        self.retry_held = False
+        self.runtime: ClusterRuntime | None = None
+        self.route_name = "-"
+        self.cluster_name = "-"
+        self.upstream_addr = "-"
+        self.upstream_started = 0.0
+        self.upstream_time_ms = -1.0
+        self.task: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------- downstream events
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    def feed(self, data: bytes, flow: int) -> None:
+        self.bytes_in += len(data)
+        if self.replayable:
+            self.kept.append(data)
+            self.kept_bytes += len(data)
+            if self.kept_bytes > REPLAY_LIMIT:
+                self.replayable = False
+                self.kept.clear()
+        up = self.up
+        if up is not None and self.attempt is not None:
+            up.send_data(self.up_sid, data, False, partial(self.down.ack, self.sid, flow))
+        else:
+            self.waiting.append((data, flow))  # bounded: unacknowledged, so by the window
+
+    def request_trailers(self, block: H2Headers) -> None:
+        self.req_trailers = block
+
+    def end_request(self) -> None:
+        self.req_done = True
+        up = self.up
+        if up is not None and self.attempt is not None:
+            self._end_upstream(up)
+
+    def downstream_reset(self) -> None:
+        self.reason = "downstream_disconnect" if not self.resp_done else self.reason
+        self.down_ended = True
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+
+    # ---------------------------------------------------------------- the task
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            if not self.resp_done and self.reason == "-":
+                self.reason = "downstream_disconnect"
+        except Exception:  # a bug must cost one stream, not the connection
+            log.exception("h2 exchange failed: %s %s", self.head.method, self.head.path)
+            self._local(500, "internal_error")
+        finally:
+            self._finish()
+
+    async def _run(self) -> None:
+        head = self.head
+        ctx = self.ctx
+        config = self.config
+        if head.method == "CONNECT" or not head.path.startswith("/") or not head.authority:
+            self._local(400, "bad_request_target")
+            return
+        path, _, query = head.path.partition("?")
+        target = Target(head.authority, path, query, False)
+        table = config.route_table_for(ctx.spec)
+        if table is None:
+            self._local(404, "no_route")
+            return
+        rbac = ctx.spec.rbac
+        headers = None
+        if table.needs_headers or rbac is not None:
+            headers = header_map(head.headers)
+            headers[":method"] = head.method
+            headers[":path"] = head.path
+            headers[":authority"] = head.authority
+        vhost, route = select_route(table, target, head.method, headers)
+        if route is None or vhost is None:
+            self._local(404, "no_route")
+            return
+        self.route, self.vhost, self.route_name = route, vhost, route.name
+        if rbac is not None:
+            allowed, _policy = rbac.allowed(self.down.peer_identity, head.method, path,
+                                            self.down.port, headers or {})
+            if not allowed:
+                self._local(403, "rbac_denied")
+                return
+        action = route.action
+        if isinstance(action, DirectResponse):
+            self._local(action.status, "direct_response", body=action.body)
+            return
+        if isinstance(action, RedirectAction):
+            location = redirect_location(action, route, target)
+            self._local(action.status, "redirect", body=b"", extra=[(b"location", location)])
+            return
+        if route.fault is not None and not ctx.spec.is_inbound:
+            fault = decide_fault(route.fault, ctx.rng)
+            if fault.delay_s is not None:
+                await asyncio.sleep(fault.delay_s)
+            if fault.abort_status is not None:
+                self._local(fault.abort_status, "fault_injected")
+                return
+        assert isinstance(action, ClusterAction)
+        picked = action.pick(ctx.rng.randrange(action.total))
+        self.cluster_name = picked.name
+        spec = config.clusters.get(picked.name)
+        if spec is None:
+            self._local(503, "cluster_not_found")
+            return
+        self.spec = spec
+        if not spec.http2:
+            # HTTP/2 to an HTTP/1.1-only cluster is not bridged (yet): say so.
+            self._local(503, "upstream_protocol_unsupported")
+            return
+        budget = caller_budget(head.headers)
+        if budget.remaining_s is not None and budget.remaining_s <= 0:
+            self._local(504, "deadline_exceeded")
+            return
+        runtime = ctx.clusters.runtime(spec)
+        self.runtime = runtime
+        refusal = runtime.admit(time.monotonic())
+        if refusal is not None:
+            self._local(503, refusal)
+            return
+        try:
+            out_path = (rewrite_path(route, target)
+                        if route.prefix_rewrite is not None or route.regex_rewrite is not None
+                        else head.path)
+            self.request_id, block = upstream_block(
+                head, out_path, vhost, route, picked, tls=spec.tls is not None,
+                peer_ip=self.down.peer_ip, peer_identity=self.down.peer_identity,
+                own_identity=config.identity, inbound=ctx.spec.is_inbound,
+                downstream_tls=ctx.spec.tls is not None)
+            deadline = effective_deadline(self.started, route.timeout_s, budget.remaining_s)
+            await self._forward(runtime, spec, route, vhost, block, target, deadline)
+        finally:
+            runtime.release()
+
+    # ---------------------------------------------------------------- forwarding
+    async def _forward(self, runtime: ClusterRuntime, spec: ClusterSpec, route: Route,
+                       vhost: VirtualHost, block: H2Headers, target: Target,
+                       deadline: float | None) -> None:
+        policy = route.retry or vhost.retry
+        self.policy = policy
+        self.retries_left = policy.num_retries if policy else 0
+        backoff = runtime.backoff(policy)
+        hash_key: bytes | None = None
+        if route.hash_policy and spec.lb in _HASHING:
+            key = request_hash_key(route.hash_policy, self.head.headers, target.query,
+                                   self.down.peer_ip, self.ctx.rng)
+            hash_key = key.key
+            if key.set_cookie is not None:
+                self.resp_extra = [(b"set-cookie", key.set_cookie.encode("latin-1"))]
+        pool = h2_pool(self.ctx)
+        tried: set[str] = set()
+        round_ = 0
+        last_reason = "no_healthy_upstream"
+        while True:
+            now = time.monotonic()
+            if deadline is not None and deadline - now <= 0:
+                self._local(504, "timeout")
+                return
+            endpoint = runtime.pick(tried, hash_key, now)
+            if endpoint is None:
+                self._local(503, last_reason if tried else "no_healthy_upstream")
+                return
+            tried.add(endpoint.address)
+            self.upstream_addr = endpoint.address
+            remaining = None if deadline is None else deadline - now
+            timeout = spec.connect_timeout_s if remaining is None else min(
+                spec.connect_timeout_s, remaining)
+            try:
+                conn = pool.ready(endpoint, spec)
+                if conn is None:
+                    conn, _reused = await pool.acquire(endpoint, spec, timeout)
+            except ConnectFailure as failure:
+                runtime.record(endpoint.address, FailureKind.CONNECT_FAILURE, time.monotonic())
+                last_reason = failure.reason
+                self.ctx.stats.count("hyphal_upstream_cx_connect_fail", spec.name)
+                log.debug("cluster %s: %s", spec.name, failure.detail)
+                if failure.reason == "upstream_connect_failure" and self._may_retry(
+                        runtime, None, None, FailureKind.CONNECT_FAILURE):
+                    await self._backoff(backoff, round_, deadline)
+                    round_ += 1
+                    continue
+                self._local(503, failure.reason)
+                return
+            runtime.start(endpoint.address)
+            outcome: Outcome | None = None
+            try:
+                left = None if deadline is None else deadline - time.monotonic()
+                outcome = await self._attempt(conn, with_deadline(block, left, self.grpc),
+                                              deadline)
+            finally:
+                self._end_try(runtime, endpoint.address, outcome)
+            if outcome is Outcome.DONE or outcome is Outcome.BROKEN:
+                return
+            if outcome is Outcome.RETRY:
+                last_reason = "upstream_retriable_status"
+            elif outcome is Outcome.RESET:
+                last_reason = "upstream_refused_stream" if self.refused else "upstream_reset"
+                kind = FailureKind.REFUSED_STREAM if self.refused else FailureKind.RESET
+                if not self._may_retry(runtime, None, None, kind):
+                    self._local(503 if self.refused else 502, last_reason)
+                    return
+            else:  # TIMEOUT
+                if deadline is not None and time.monotonic() >= deadline - 0.001:
+                    self._local(504, "timeout")
+                    return
+                if not self._may_retry(runtime, None, None, FailureKind.TIMEOUT):
+                    self._local(504, "upstream_per_try_timeout")
+                    return
+            await self._backoff(backoff, round_, deadline)
+            round_ += 1
+
+    async def _attempt(self, conn: H2Upstream, block: H2Headers,
+                       deadline: float | None) -> Outcome:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Outcome] = loop.create_future()
+        self.refused = False
+        bodyless = self.req_done and not self.kept and not self.waiting and not self.sent_once
+        try:
+            sid = conn.open_stream(self, block, bodyless and self.req_trailers is None)
+        except H2Error as exc:
+            log.debug("cluster %s: cannot open a stream: %s", self.cluster_name, exc)
+            return Outcome.RESET
+        self.up, self.up_sid, self.attempt = conn, sid, fut
+        if self.sent_once:  # a retry: replay what was kept, acknowledge what never went
+            fresh = len(self.waiting)
+            for data in self.kept[:len(self.kept) - fresh]:
+                conn.send_data(sid, data, False)
+        for data, flow in self.waiting:
+            conn.send_data(sid, data, False, partial(self.down.ack, self.sid, flow))
+        self.waiting.clear()
+        self.sent_once = True
+        if self.req_done and not bodyless:
+            self._end_upstream(conn)
+        self.upstream_started = time.monotonic()
+        per_try = self.policy.per_try_timeout_s if self.policy else None
+        limits = [t for t in (per_try, None if deadline is None else deadline - time.monotonic())
+                  if t is not None]
+        timer = loop.call_later(max(min(limits), 0.0), self._on_timeout, fut) if limits else None
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if self.up is conn:
+                conn.cancel(sid)
+                self.up = None
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.attempt = None
+
+    def _end_upstream(self, conn: H2Upstream) -> None:
+        if self.req_trailers is not None:
+            conn.send_headers(self.up_sid, self.req_trailers, True)
+        else:
+            conn.send_data(self.up_sid, b"", True)
+
+    def _settle(self, outcome: Outcome) -> None:
+        fut = self.attempt
+        if fut is not None and not fut.done():
+            fut.set_result(outcome)
+
+    def _on_timeout(self, fut: asyncio.Future[Outcome]) -> None:
+        if fut.done():
+            return
+        conn, self.up = self.up, None
+        if conn is not None:
+            conn.cancel(self.up_sid)
+        if self.committed:
+            self.reason = "timeout"
+            self._break("timeout")
+            fut.set_result(Outcome.BROKEN)
+        else:
+            fut.set_result(Outcome.TIMEOUT)
+
+    def _break(self, reason: str) -> None:
+        """The response was committed and cannot complete: gRPC gets trailers saying why,
+        anything else a reset stream."""
+        if self.down_ended:
+            return
+        self.down_ended = True
+        if self.grpc:
+            trailers = grpc.deadline_trailers(reason) if reason == "timeout" else [
+                (b"grpc-status", str(grpc.UNAVAILABLE).encode()),
+                (b"grpc-message", f"hyphal: {reason}".encode()),
+                (b"x-hyphal-reason", reason.encode())]
+            self.grpc_status = grpc.status_of(trailers)
+            self.down.send_headers(self.sid, trailers, True)
+        else:
+            self.down.reset(self.sid, ErrorCodes.INTERNAL_ERROR)
+
+    # ---------------------------------------------------------------- upstream events
+    def on_response(self, block: H2Headers, ended: bool) -> None:
+        status = 0
+        for name, value in block:
+            if name == b":status":
+                status = int(value)
+                break
+        if self.upstream_time_ms < 0:
+            self.upstream_time_ms = (time.monotonic() - self.upstream_started) * 1000
+        code = grpc.status_of(block) if ended else None
+        if not self.committed and self.retries_left > 0 and self._retry_response(status, code):
+            conn, self.up = self.up, None
+            if conn is not None:
+                conn.cancel(self.up_sid)
+            self.status, self.grpc_status = status, code
+            self._settle(Outcome.RETRY)
+            return
+        self.committed = True
+        self.status = status
+        self.grpc_status = code
+        self.reason = "-"
+        self.down.send_headers(self.sid, downstream_block(block, self.route, self.vhost,
+                                                          self.resp_extra), ended)
+        if ended:
+            self.down_ended = True
+
+    def on_data(self, data: bytes, flow: int) -> None:
+        up = self.up
+        if up is None:
+            return
+        self.bytes_out += len(data)
+        self.down.send_data(self.sid, data, False, partial(up.ack, self.up_sid, flow))
+
+    def on_trailers(self, block: H2Headers) -> None:
+        self.grpc_status = grpc.status_of(block)
+        if not self.down_ended:
+            self.down_ended = True
+            self.down.send_headers(self.sid, [(n, v) for n, v in block if n[:1] != b":"], True)
+
+    def on_end(self) -> None:
+        if not self.down_ended:
+            self.down_ended = True
+            self.down.send_data(self.sid, b"", True)
+        self.resp_done = True
+        self.up = None
+        self._settle(Outcome.DONE)
+
+    def on_reset(self, refused: bool) -> None:
+        self.up = None
+        if self.committed:
+            self.reason = "upstream_reset_after_response_started"
+            self._break(self.reason)
+            self._settle(Outcome.BROKEN)
+            return
+        self.refused = refused
+        self._settle(Outcome.RESET)
+
+    # ---------------------------------------------------------------- policy
+    def _retry_response(self, status: int, code: int | None) -> bool:
+        runtime, policy = self.runtime, self.policy
+        if runtime is None or policy is None or not self.replayable:
+            return False
+        if not runtime.conditions(policy).should_retry(status, code):
+            return False
+        return self._may_retry(runtime, status, code, None)
+
+    def _may_retry(self, runtime: ClusterRuntime, status: int | None, code: int | None,
+                   failure: FailureKind | None) -> bool:
+        policy = self.policy
+        if policy is None or self.retries_left <= 0 or self.committed or not self.replayable:
+            return False
+        if not runtime.conditions(policy).should_retry(status, code, failure):
+            return False
+        if runtime.admit_retry(time.monotonic()) is not None:
+            return False
+        self.retries_left -= 1
+        self.retry_held = True
+        self.ctx.stats.count("hyphal_upstream_rq_retry", runtime.spec.name)
+        return True
+
+    def _end_try(self, runtime: ClusterRuntime, address: str, outcome: Outcome | None) -> None:
+        if self.retry_held:
+            self.retry_held = False
+            runtime.release_retry()
+        now = time.monotonic()
+        result: int | FailureKind | None
+        if outcome is Outcome.DONE or outcome is Outcome.RETRY:
+            # gRPC errors ride on HTTP 200: outlier detection counts their HTTP equivalent.
+            result = grpc.to_http(self.grpc_status) if self.grpc_status is not None else (
+                self.status)
+        elif outcome is Outcome.TIMEOUT:
+            result = FailureKind.TIMEOUT
+        elif outcome is Outcome.RESET:
+            result = None if self.refused else FailureKind.RESET
+        elif outcome is Outcome.BROKEN:
+            result = FailureKind.RESET if self.reason != "timeout" else FailureKind.TIMEOUT
+        else:
+            result = None
+        latency = now - self.upstream_started if result is not None else None
+        runtime.finish(address, result, latency, now)
+
+    async def _backoff(self, backoff: Backoff, round_: int, deadline: float | None) -> None:
+        delay = backoff.delay(round_, None)
+        if deadline is not None:
+            delay = min(delay, max(deadline - time.monotonic(), 0.0))
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    # ---------------------------------------------------------------- replies and the end
+    def _local(self, status: int, reason: str, body: bytes | None = None,
+               extra: H2Headers | None = None) -> None:
+        """A response the proxy makes itself (gRPC form for gRPC requests)."""
+        if self.committed or self.down_ended:
+            return
+        self.committed = True
+        self.resp_done = True
+        self.down_ended = True
+        self.reason = reason
+        if self.grpc:
+            self.status = 200
+            self.grpc_status = grpc.from_http(status)
+            self.down.send_headers(self.sid, grpc.local_reply(status, reason,
+                                                              self.request_id or None, extra),
+                                   True)
+            return
+        self.status = status
+        if body is None:
+            body = f"{status} {REASONS.get(status, b'').decode()}: {reason}\n".encode()
+        block: H2Headers = [(b":status", str(status).encode()),
+                            (b"content-type", b"text/plain"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"x-hyphal-reason", reason.encode())]
+        if self.request_id:
+            block.append((b"x-request-id", self.request_id))
+        if extra:
+            block.extend(extra)
+        self.bytes_out += len(body)
+        self.down.send_headers(self.sid, block, not body)
+        if body:
+            self.down.send_data(self.sid, body, True)
+
+    def _finish(self) -> None:
+        conn, self.up = self.up, None
+        if conn is not None:
+            conn.cancel(self.up_sid)
+        for _data, flow in self.waiting:
+            self.down.ack(self.sid, flow)
+        self.waiting.clear()
+        if not self.down_ended:
+            self.down_ended = True
+            self.down.reset(self.sid, ErrorCodes.CANCEL)
+        elif not self.req_done:
+            self.down.reset(self.sid, ErrorCodes.NO_ERROR)  # answered; stop the upload
+        ctx = self.ctx
+        duration_ms = (time.monotonic() - self.started) * 1000
+        labels = ctx.labels(self.config, self.spec, self.down.peer_identity)
+        ctx.stats.record_request(labels, self.status, self.reason, duration_ms)
+        if ctx.access_log.enabled:
+            entry: dict[str, object] = {
+                "start_time": iso_time(self.started_wall),
+                "request_id": self.request_id.decode("latin-1") or "-",
+                "method": self.head.method,
+                "authority": self.head.authority or "-",
+                "path": self.head.path,
+                "protocol": "HTTP/2",
+                "downstream_peer": self.down.peer_ip,
+                "downstream_identity": self.down.peer_identity or "-",
+                "listener": ctx.spec.name,
+                "route": self.route_name,
+                "cluster": self.cluster_name,
+                "upstream_host": self.upstream_addr,
+                "status": self.status,
+                "reason": self.reason,
+                "bytes_received": self.bytes_in,
+                "bytes_sent": self.bytes_out,
+                "duration_ms": round(duration_ms, 3),
+                "upstream_service_time_ms": round(self.upstream_time_ms, 3)
+                if self.upstream_time_ms >= 0 else None,
+            }
+            if self.grpc:
+                entry["grpc_status"] = self.grpc_status
+            ctx.access_log.log(entry)
+        self.down.stream_done(self.sid)
