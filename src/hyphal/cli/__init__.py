@@ -24,6 +24,10 @@ COMMANDS: dict[str, str] = {
     "proxy-config": "hyphal.cli.proxy_config",
     "logs": "hyphal.cli.logs",
     "version": "hyphal.cli.version",
+    "stat": "hyphal.cli.stat",
+    "graph": "hyphal.cli.stat",
+    "tap": "hyphal.cli.tap",
+    "check": "hyphal.cli.check",
 }
 
 
