@@ -1,16 +1,20 @@
 """The CA's gRPC service: Istio's IstioCertificateService/CreateCertificate over TLS.
 
-The caller proves who it is with `authorization: Bearer <bootstrap token>` metadata, or, when
-it has no token, with its current mesh certificate over mTLS (renewal on a port that requires
-client certificates). The CA signs only the identity that proof names.
+The caller proves who it is with `authorization: Bearer <token>` metadata, or, when it has no
+token, with its current mesh certificate over mTLS (renewal on a port that requires client
+certificates). A token is tried as a hyphal bootstrap token first, then by each extra
+`Authenticator` (in Kubernetes: a projected ServiceAccount token checked with the TokenReview
+API, `hyphal.kube.tokenreview`). The CA signs only the identity that proof names.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -29,6 +33,18 @@ METHOD = f"/{SERVICE_NAME}/CreateCertificate"
 
 Metadata = Sequence[tuple[str, str | bytes]]
 AuthContext = Mapping[str, Iterable[bytes]]
+
+
+class Authenticator(Protocol):
+    """A second way to prove an identity with a bearer token (TokenIssuer is the first).
+
+    `verify` raises TokenError saying why a token is refused; `blocking` says it may wait on
+    the network, so the asyncio servicer runs the call in a thread."""
+
+    name: str
+    blocking: bool
+
+    def verify(self, token: str) -> SpiffeId: ...
 
 
 class Refused(Exception):
@@ -54,7 +70,7 @@ class Issued:
 class CaCore:
     """Transport-agnostic handling of one CreateCertificate call."""
 
-    __slots__ = ("_ca", "_default_ttl", "_max_ttl", "_tokens")
+    __slots__ = ("_authenticators", "_ca", "_default_ttl", "_max_ttl", "_tokens")
 
     def __init__(
         self,
@@ -62,6 +78,7 @@ class CaCore:
         tokens: TokenIssuer,
         default_ttl: dt.timedelta,
         max_ttl: dt.timedelta,
+        authenticators: Sequence[Authenticator] = (),
     ) -> None:
         if default_ttl <= dt.timedelta(0) or max_ttl <= dt.timedelta(0):
             raise ValueError("certificate lifetimes must be positive")
@@ -69,6 +86,12 @@ class CaCore:
         self._tokens = tokens
         self._default_ttl = min(default_ttl, max_ttl)
         self._max_ttl = max_ttl
+        self._authenticators = tuple(authenticators)
+
+    @property
+    def blocking(self) -> bool:
+        """True when an authenticator may wait on the network (run `handle` in a thread)."""
+        return any(a.blocking for a in self._authenticators)
 
     def handle(
         self,
@@ -121,9 +144,13 @@ class CaCore:
             try:
                 return self._tokens.verify(token.strip()), "token"
             except TokenError as exc:
-                raise Refused(
-                    grpc.StatusCode.UNAUTHENTICATED, f"bootstrap token refused: {exc.reason}"
-                ) from None
+                reasons = [f"bootstrap token refused: {exc.reason}"]
+            for auth in self._authenticators:
+                try:
+                    return auth.verify(token.strip()), auth.name
+                except TokenError as exc:
+                    reasons.append(f"{auth.name} refused: {exc.reason}")
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, "; ".join(reasons))
         try:
             peer = peer_identity(auth_context, self._ca.roots)
         except CertificateError as exc:
@@ -192,10 +219,14 @@ class AsyncCaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
             ca_pb2.IstioCertificateRequest, ca_pb2.IstioCertificateResponse
         ],
     ) -> ca_pb2.IstioCertificateResponse:
+        metadata, auth_context = context.invocation_metadata() or (), context.auth_context()
         try:
-            issued = self._core.handle(
-                request, context.invocation_metadata() or (), context.auth_context()
-            )
+            if self._core.blocking:
+                issued = await asyncio.to_thread(
+                    self._core.handle, request, metadata, auth_context
+                )
+            else:
+                issued = self._core.handle(request, metadata, auth_context)
         except Refused as refused:
             _log_refused(refused, context.peer())
             await context.abort(refused.code, refused.message)
@@ -210,13 +241,14 @@ def add_ca_service(
     tokens: TokenIssuer,
     default_ttl: dt.timedelta,
     max_ttl: dt.timedelta,
+    authenticators: Sequence[Authenticator] = (),
 ) -> None:
     """Serve IstioCertificateService on `server` (threaded or asyncio).
 
     The server's port must use TLS credentials (`ca.server_credentials().grpc_credentials()`);
     calls arriving in plaintext are refused.
     """
-    core = CaCore(ca, tokens, default_ttl, max_ttl)
+    core = CaCore(ca, tokens, default_ttl, max_ttl, authenticators)
     add: Callable[[object, object], None] = (
         ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server
     )
