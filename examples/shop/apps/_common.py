@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,12 +17,19 @@ from typing import Any
 
 NAME = os.environ.get("APP_NAME", os.path.basename(sys.argv[0]).removesuffix(".py"))
 
+# Trace headers of the request being served (one thread per request), copied onto the calls
+# it makes, so a trace spans frontend -> order -> payment. The mesh cannot do this for the
+# app: it does not know which incoming request an outgoing call belongs to.
+TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
+                 "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags")
+_incoming = threading.local()
+
 
 def call(method: str, url: str, body: Any = None, timeout: float = 5.0) -> dict[str, Any]:
     """Call another service; answer with its JSON and status (errors included, never raised)."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json", **getattr(_incoming, "trace", {})}
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return {"status": resp.status, "body": json.loads(resp.read() or b"null")}
@@ -48,6 +56,7 @@ class Handler(BaseHTTPRequestHandler):
         return self.headers.get("x-forwarded-client-cert", "")
 
     def _serve(self, method: str) -> None:
+        _incoming.trace = {h: v for h in TRACE_HEADERS if (v := self.headers.get(h))}
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         try:
