@@ -174,18 +174,21 @@ class ApiHandlers:
         return handler()
 
     @staticmethod
-    def _text(body: bytes) -> str | Reply:
+    def _read(headers: Mapping[str, str], body: bytes) -> tuple[str, bool] | Reply:
+        """The body as text and whether its Content-Type is JSON, or a 400 if not UTF-8."""
         try:
-            return body.decode("utf-8")
+            text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             return _errors(400, f"request body is not UTF-8: {exc}")
+        ctype = (headers.get("content-type") or headers.get("Content-Type") or "").lower()
+        return text, "json" in ctype
 
     def _apply(self, headers: Mapping[str, str], body: bytes) -> Reply:
-        text = self._text(body)
-        if isinstance(text, Reply):
-            return text
-        ctype = (headers.get("content-type") or headers.get("Content-Type") or "").lower()
-        if "json" in ctype:
+        read = self._read(headers, body)
+        if isinstance(read, Reply):
+            return read
+        text, is_json = read
+        if is_json:
             try:
                 sources = _sources(json.loads(text))
             except ValueError as exc:
@@ -196,11 +199,11 @@ class ApiHandlers:
         return _change_reply(self.store.apply_text(text, source="request"))
 
     def _delete(self, headers: Mapping[str, str], body: bytes) -> Reply:
-        text = self._text(body)
-        if isinstance(text, Reply):
-            return text
-        ctype = (headers.get("content-type") or headers.get("Content-Type") or "").lower()
-        if "json" in ctype:
+        read = self._read(headers, body)
+        if isinstance(read, Reply):
+            return read
+        text, is_json = read
+        if is_json:
             try:
                 payload = json.loads(text)
                 refs = parse_refs(payload.get("resources") if isinstance(payload, dict) else None)
