@@ -62,8 +62,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Run the control plane. Port flags take a number, or 0/auto to let the "
         "kernel pick; the bound ports are written to STATE_DIR/ports.json.",
     )
-    p.add_argument("--config-dir", type=Path, required=True,
-                   help="directory of resources to serve (watched for changes)")
+    p.add_argument("--config-dir", type=Path,
+                   help="directory of resources to serve (watched for changes); required "
+                   "unless --config-source kubernetes")
+    p.add_argument("--config-source", choices=("dir", "kubernetes"), default="dir",
+                   help="kubernetes: resources, Services and endpoints from the Kubernetes API "
+                   "(in-cluster config unless --kube-api)")
+    p.add_argument("--registry", choices=("dir", "kubernetes"), default=None,
+                   help="alias of --config-source (the registry always follows the config "
+                   "source)")
+    p.add_argument("--kube-api", metavar="http://HOST:PORT",
+                   help="a plaintext Kubernetes API (kubectl proxy, tests) instead of the "
+                   "in-cluster config")
+    p.add_argument("--webhook-port", type=_port, default=None,
+                   help="serve the sidecar injection webhook (HTTPS) on this port "
+                   "(kubernetes mode; default off)")
+    p.add_argument("--inject-image", default="ghcr.io/hyphal/hyphal:0.1.0",
+                   help="image of the injected hyphal-proxy and hyphal-init containers")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address of the xDS mTLS, CA and API ports (0.0.0.0 in a pod)")
     p.add_argument("--state-dir", type=Path, required=True,
                    help="CA, tokens, admin token and applied resources live here")
     p.add_argument("--xds-port", type=_port, default=15012, help="ADS over mTLS (sidecars)")
@@ -86,9 +103,22 @@ def run(args: argparse.Namespace) -> int:
                         datefmt="%H:%M:%S")
     from hyphal.control.server import ControlOptions, serve
     from hyphal.control.store import StoreLoadError
+    from hyphal.kube.client import KubeError
 
-    if not args.config_dir.is_dir():
+    source = args.registry or args.config_source
+    if args.registry and args.config_source != "dir" and args.registry != args.config_source:
+        print("hyphal control: --registry and --config-source disagree", file=sys.stderr)
+        return 2
+    if source == "dir" and args.config_dir is None:
+        print("hyphal control: --config-dir is required (or use --config-source kubernetes)",
+              file=sys.stderr)
+        return 2
+    if args.config_dir is not None and not args.config_dir.is_dir():
         print(f"hyphal control: --config-dir {args.config_dir}: not a directory", file=sys.stderr)
+        return 2
+    if args.kube_api and not args.kube_api.startswith("http://"):
+        print("hyphal control: --kube-api takes a plaintext http:// URL (kubectl proxy, "
+              "tests); in a pod leave it out to use the in-cluster config", file=sys.stderr)
         return 2
     options = ControlOptions(
         config_dir=args.config_dir,
@@ -100,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
         trust_domain=args.trust_domain,
         cert_ttl=args.cert_ttl,
         debounce=args.debounce,
+        host=args.host,
+        config_source=source,
+        kube_api=args.kube_api,
+        webhook_port=args.webhook_port,
+        inject_image=args.inject_image,
     )
     try:
         _run_loop(serve(options))
@@ -109,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KubeError) as exc:
         print(f"hyphal control: {exc}", file=sys.stderr)
         return 1
     return 0

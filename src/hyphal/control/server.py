@@ -45,6 +45,11 @@ class ControlOptions:
     debounce: float = 0.1
     poll_interval: float = 0.5
     host: str = "127.0.0.1"
+    # Kubernetes mode (docs/kubernetes.md): registry and resources from the API server.
+    config_source: str = "dir"  # "dir" | "kubernetes"
+    kube_api: str | None = None  # plaintext http:// API (tests, kubectl proxy); None = in-cluster
+    webhook_port: int | None = None  # injection webhook (HTTPS); None = off
+    inject_image: str = "ghcr.io/hyphal/hyphal:0.1.0"
 
 
 @dataclass(slots=True)
@@ -96,10 +101,25 @@ class ControlPlane:
         store.load()
         self.readiness.mark_ready("store")
 
-        source = MeshSnapshotSource(
-            store.resources, ca_bundle=ca.trust_bundle_pem, trust_domain=opts.trust_domain
-        )
-        store.subscribe(lambda state: source.update_resources(state.resources))
+        authenticators: list[Any] = []
+        if opts.config_source == "kubernetes":
+            from hyphal.kube.control import KubeControl
+
+            kube = KubeControl.from_flags(opts.kube_api, opts.trust_domain)
+            self._stack.append(kube)
+            source = MeshSnapshotSource((), registry=kube.registry,
+                                        ca_bundle=ca.trust_bundle_pem,
+                                        trust_domain=opts.trust_domain)
+            await kube.start(source, store)
+            authenticators = kube.authenticators()
+            if opts.webhook_port is not None:
+                self.ports["webhook"] = kube.start_webhook(
+                    ca, opts.state_dir, opts.inject_image, opts.webhook_port, opts.host)
+        else:
+            source = MeshSnapshotSource(
+                store.resources, ca_bundle=ca.trust_bundle_pem, trust_domain=opts.trust_domain
+            )
+            store.subscribe(lambda state: source.update_resources(state.resources))
         ads = AdsServer(
             source,
             debounce=opts.debounce,
@@ -117,7 +137,8 @@ class ControlPlane:
             plaintext_port=opts.xds_plaintext_port,
             ca_port=opts.ca_port,
             host=opts.host,
-            services=[lambda s: add_ca_service(s, ca, tokens, opts.cert_ttl, opts.cert_ttl)],
+            services=[lambda s: add_ca_service(s, ca, tokens, opts.cert_ttl, opts.cert_ttl,
+                                               authenticators)],
         )
         await built.start()
         self._stack.append(built)
