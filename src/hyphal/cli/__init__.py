@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "graph": "hyphal.cli.stat",
     "tap": "hyphal.cli.tap",
     "check": "hyphal.cli.check",
+    "install": "hyphal.cli.install",
 }
 
 
