@@ -1,0 +1,287 @@
+"""gRPC end to end through two sidecars over mTLS: real processes on 127.0.0.1.
+
+`hyphal control`, a grpcio server app in two versions (`greeter-v1`, `greeter-v2`, Service
+`greeter` with a GRPC port, generic handlers: no proto compile), each with its own `hyphal
+proxy`, and a caller workload `client` whose app is this test process: a grpcio channel to
+`greeter.demo:50051` through the client's sidecar the way an app with `http_proxy` reaches it
+(grpcio sends CONNECT to the proxy, then h2c inside), or through its per-upstream port (h2c
+prior knowledge). Checked: unary and server-streaming calls; the server sees the caller's
+SPIFFE id in XFCC metadata; an 80/20 weighted route on one gRPC method (`:path` match) over
+500 calls; an AuthorizationPolicy denying a method gives PERMISSION_DENIED with the reason;
+a killed server version's traffic is retried to the other without a client error (the
+retry budget of 20% + 3/s is covered because outlier detection ejects the dead version after
+two UNAVAILABLE replies).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import grpc
+import pytest
+from mesh_harness import HYPHAL, Mesh, free_ports, http_get, pid_alive, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+NS = "demo"
+FQDN = "greeter.demo.svc.cluster.local"
+CLIENT_ID = "spiffe://cluster.local/ns/demo/sa/client"
+SERVICE = "hyphal.test.Greeter"
+
+SERVER_APP = '''\
+"""e2e gRPC app: generic handlers, answers JSON {name, version, xfcc, method}."""
+import json, sys
+from concurrent import futures
+import grpc
+
+NAME, VERSION, PORT = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+
+def answer(method):
+    def handler(request, context):
+        md = dict(context.invocation_metadata())
+        return json.dumps({"name": NAME, "version": VERSION, "method": method,
+                           "xfcc": md.get("x-forwarded-client-cert", ""),
+                           "size": len(request)}).encode()
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+def stream(request, context):
+    for i in range(int(request or b"3")):
+        yield json.dumps({"name": NAME, "i": i}).encode()
+
+
+handlers = {m: answer(m) for m in ("Hello", "Split", "Secret")}
+handlers["Count"] = grpc.unary_stream_rpc_method_handler(stream)
+server = grpc.server(futures.ThreadPoolExecutor(16))
+server.add_generic_rpc_handlers(
+    (grpc.method_handlers_generic_handler("hyphal.test.Greeter", handlers),))
+server.add_insecure_port(f"127.0.0.1:{PORT}")
+server.start()
+server.wait_for_termination()
+'''
+
+RESOURCES = f"""\
+apiVersion: hyphal.dev/v1alpha1
+kind: Service
+metadata: {{name: greeter, namespace: demo}}
+spec:
+  selector: {{app: greeter}}
+  ports: [{{name: grpc, port: 50051, protocol: GRPC}}]
+---
+apiVersion: hyphal.dev/v1alpha1
+kind: Service
+metadata: {{name: client, namespace: demo}}
+spec:
+  selector: {{app: client}}
+  ports: [{{name: http, port: 8080, protocol: HTTP}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: greeter, namespace: demo}}
+spec:
+  host: greeter
+  trafficPolicy:
+    # gRPC errors ride on HTTP 200; the sidecar counts UNAVAILABLE as a 503 for ejection.
+    outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s,
+                        maxEjectionPercent: 50}}
+  subsets:
+    - {{name: v1, labels: {{version: v1}}}}
+    - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: greeter, namespace: demo}}
+spec:
+  hosts: [greeter]
+  http:
+    - match: [{{uri: {{exact: /{SERVICE}/Split}}}}]
+      route:
+        - {{destination: {{host: greeter, subset: v1}}, weight: 80}}
+        - {{destination: {{host: greeter, subset: v2}}, weight: 20}}
+    - route:
+        - destination: {{host: greeter}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-secrets, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: greeter}}}}
+  action: DENY
+  rules:
+    - to: [{{operation: {{methods: [POST], paths: [/{SERVICE}/Secret]}}}}]
+"""
+
+
+class GrpcMesh(Mesh):
+    """mesh_harness's Mesh plus workloads with a GRPC port and a grpcio server app."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        (root / "grpc_app.py").write_text(SERVER_APP)
+        self.sidecars: dict[str, dict[str, int]] = {}
+
+    def add_grpc_workload(self, name: str, labels: dict[str, str], sa: str, server: bool,
+                          ports: list[int]) -> None:
+        """`ports`: five free ports (asked for together, so no two workloads share one)."""
+        app_port, inbound, outbound, admin, upstream = ports
+        token_file = self.root / f"{name}.token"
+        token_file.write_text(self.token(NS, sa) + "\n")
+        port = ({"name": "grpc", "port": 50051, "protocol": "GRPC"} if server
+                else {"name": "http", "port": 8080, "protocol": "HTTP"})
+        bootstrap = {
+            "node": {"id": f"{name}-0.{NS}", "cluster": name, "metadata": {
+                "NAMESPACE": NS, "SERVICE_ACCOUNT": sa, "WORKLOAD_NAME": name,
+                "LABELS": labels, "INSTANCE_IP": "127.0.0.1", "PROXY_MODE": "sidecar",
+                "OUTBOUND_HTTP_PORT": outbound,
+                "PORTS": [{**port, "app_port": app_port, "inbound_port": inbound}],
+                "UPSTREAM_PORTS": {} if server else {f"{FQDN}:50051": upstream}}},
+            "xds_address": f"127.0.0.1:{self.ports['xds']}",
+            "ca_address": f"127.0.0.1:{self.ports['ca']}",
+            "root_cert_file": str(self.state_dir / "ca" / "root-cert.pem"),
+            "token_file": str(token_file), "trust_domain": "cluster.local",
+            "admin_port": admin, "access_log": str(self.root / f"{name}.access.log"),
+            "cert_ttl_seconds": 3600,
+        }
+        path = self.root / f"{name}.bootstrap.json"
+        path.write_text(json.dumps(bootstrap))
+        if server:
+            self._spawn(f"{name}-app", [sys.executable, str(self.root / "grpc_app.py"), name,
+                                        labels["version"], str(app_port)])
+        self._spawn(f"{name}-sidecar", [*HYPHAL, "proxy", "--bootstrap", str(path)])
+        self.sidecars[name] = {"app": app_port, "outbound": outbound, "admin": admin,
+                               "upstream": upstream}
+
+    def app_pid(self, name: str) -> int:
+        return next(p.pid for label, p in self.procs if label == f"{name}-app")
+
+    def endpoints(self, name: str, cluster: str) -> int:
+        status, body = http_get(f"http://127.0.0.1:{self.sidecars[name]['admin']}/config_dump")
+        if status != 200:
+            return 0
+        spec = json.loads(body).get("config", {}).get("clusters", {}).get(cluster) or {}
+        return len(spec.get("endpoints", []))
+
+    def metric(self, name: str, needle: str) -> float:
+        _, body = http_get(f"http://127.0.0.1:{self.sidecars[name]['admin']}/stats/prometheus")
+        return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+                   if line.startswith(needle))
+
+
+def _serving(port: int) -> bool:
+    try:
+        grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(0.2)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcMesh]:
+    m = GrpcMesh(tmp_path_factory.mktemp("grpc-mesh"))
+    try:
+        m.start_control(RESOURCES)
+        ports = free_ports(15)
+        m.add_grpc_workload("client", {"app": "client", "version": "v1"}, "client", False,
+                            ports[:5])
+        for i, version in enumerate(("v1", "v2"), start=1):
+            m.add_grpc_workload(f"greeter-{version}", {"app": "greeter", "version": version},
+                                "greeter", True, ports[5 * i:5 * i + 5])
+        for name, ports in m.sidecars.items():
+            wait_until(f"{name}'s sidecar /ready",
+                       lambda p=ports: http_get(f"http://127.0.0.1:{p['admin']}/ready")[0] == 200,
+                       30, m._dead)
+            if name != "client":
+                wait_until(f"{name}'s gRPC app serving", partial(_serving, ports["app"]), 20,
+                           m._dead)
+        for cluster, count in ((f"outbound|50051|v1|{FQDN}", 1), (f"outbound|50051|v2|{FQDN}", 1),
+                               (f"outbound|50051||{FQDN}", 2)):
+            wait_until(f"client's sidecar has {count} endpoint(s) in {cluster}",
+                       lambda c=cluster, n=count: m.endpoints("client", c) == n, 20, m._dead)
+        yield m
+    finally:
+        m.stop()
+
+
+def via_proxy(mesh: GrpcMesh) -> grpc.Channel:
+    """The app's view: target `greeter.demo:50051`, its sidecar as `http_proxy` (CONNECT)."""
+    proxy = f"http://127.0.0.1:{mesh.sidecars['client']['outbound']}"
+    return grpc.insecure_channel("greeter.demo:50051", options=[("grpc.http_proxy", proxy)])
+
+
+def via_upstream_port(mesh: GrpcMesh) -> grpc.Channel:
+    return grpc.insecure_channel(f"127.0.0.1:{mesh.sidecars['client']['upstream']}")
+
+
+def call(channel: grpc.Channel, method: str, body: bytes = b"hi") -> dict[str, object]:
+    reply = channel.unary_unary(f"/{SERVICE}/{method}")(body, timeout=5)
+    out: dict[str, object] = json.loads(reply)
+    return out
+
+
+def test_unary_and_server_streaming_over_mtls_with_the_callers_identity(mesh: GrpcMesh) -> None:
+    for make in (via_proxy, via_upstream_port):
+        with make(mesh) as channel:
+            seen = call(channel, "Hello", b"x" * 100_000)  # larger than one h2 window frame
+            assert seen["name"] in {"greeter-v1", "greeter-v2"} and seen["size"] == 100_000
+            assert f"URI={CLIENT_ID}" in str(seen["xfcc"]), seen
+            assert "By=spiffe://cluster.local/ns/demo/sa/greeter" in str(seen["xfcc"]), seen
+            replies = list(channel.unary_stream(f"/{SERVICE}/Count")(b"5", timeout=5))
+            assert [json.loads(r)["i"] for r in replies] == [0, 1, 2, 3, 4]
+
+    def logged() -> bool:  # the access log is flushed about once a second
+        path = mesh.root / "client.access.log"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return any(e["protocol"] == "HTTP/2" and e["path"] == f"/{SERVICE}/Count"
+                   and e.get("grpc_status") == 0 for e in map(json.loads, lines))
+
+    wait_until("an HTTP/2 gRPC line in the client's access log", logged, 5)
+
+
+def test_weighted_route_on_a_grpc_method_splits_80_20(mesh: GrpcMesh) -> None:
+    with via_proxy(mesh) as channel:
+        counts = Counter(str(call(channel, "Split")["version"]) for _ in range(500))
+    assert sum(counts.values()) == 500
+    share = counts["v1"] / 500
+    assert abs(share - 0.80) <= 0.06, counts
+
+
+def test_authorization_policy_denies_a_method_as_permission_denied(mesh: GrpcMesh) -> None:
+    with via_proxy(mesh) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            call(channel, "Secret")
+        err = info.value
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err
+        assert "rbac_denied" in (err.details() or ""), err.details()
+        reasons = dict(err.trailing_metadata() or ()).get("x-hyphal-reason")
+        assert reasons == "rbac_denied", err.trailing_metadata()
+        assert call(channel, "Hello")["method"] == "Hello"  # the rest of the service is open
+
+
+def test_killed_version_is_retried_to_the_other_without_client_errors(mesh: GrpcMesh) -> None:
+    before = mesh.metric("client", "hyphal_upstream_rq_retry")
+    pid = mesh.app_pid("greeter-v2")
+    os.kill(pid, signal.SIGKILL)
+    wait_until("greeter-v2's app gone", lambda: not _serving(mesh.sidecars["greeter-v2"]["app"]),
+               10)
+    seen: Counter[str] = Counter()
+    deadline = time.monotonic() + 30
+    with via_proxy(mesh) as channel:
+        for _ in range(100):
+            assert time.monotonic() < deadline
+            seen[str(call(channel, "Hello")["name"])] += 1  # raises on any client error
+    assert seen == Counter({"greeter-v1": 100}), seen
+    assert mesh.metric("client", "hyphal_upstream_rq_retry") > before
+
+
+def test_no_process_is_left_behind(mesh: GrpcMesh) -> None:
+    pids = mesh.stop()
+    assert pids and not [p for p in pids if pid_alive(p)]
