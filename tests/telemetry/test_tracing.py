@@ -197,3 +197,53 @@ def test_disabled_without_exporter_and_install() -> None:
         assert tracing.TRACER is t and t.enabled
     finally:
         tracing.install(before)
+
+
+def test_unsampled_traceparent_fast_path() -> None:
+    ctx = parse_context([(b"traceparent", f"00-{TID}-{SID}-00".encode())])
+    assert ctx is not None and ctx.sampled is False
+    # garbage flags fall back to the full parse (and are treated as absent)
+    assert parse_context([(b"traceparent", f"00-{TID}-{SID}-zz".encode())]) is None
+
+
+def test_otlp_http_export_posts_to_v1_traces() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from hyphal.telemetry.otlp import http_export
+
+    got: list[tuple[str, str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            got.append((self.path, self.headers["content-type"], body))
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        batcher = SpanBatcher([http_export(url)], (("service.name", "x"),))
+        tracer = Tracer(TracingSettings(1.0), sink=batcher.add)
+        span = tracer.begin([(b"traceparent", TP)], True, 1.0)
+        assert span is not None
+        tracer.end(span, end_wall=1.2, method="GET", authority="a", path="/", status=200,
+                   reason="-", peer_identity=None)
+        batcher.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(got) == 1 and got[0][0] == "/v1/traces" and got[0][1] == "application/json"
+    doc = json.loads(got[0][2])
+    assert doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"] == TID
+    failing = SpanBatcher([http_export("http://127.0.0.1:9")], ())
+    failing.add(SpanRecord(TID, SID, "", "n", 3, 1, 2, (), 0))
+    assert failing.failed == 1  # a collector that is down costs a warning, not a crash
