@@ -145,11 +145,12 @@ class RunPlan:
 
 
 def _tcp_upstreams(services: tuple[ServiceSpec, ...]) -> list[tuple[ServiceSpec, str, int, str]]:
-    """(service, port name, port, fqdn:port) for every TCP service port."""
+    """(service, port name, port, fqdn:port) for every TCP, GRPC and HTTP2 service port: those
+    get a per-upstream listener (gRPC apps may also CONNECT through HTTP_PROXY)."""
     out = []
     for svc in services:
         for p in svc.ports:
-            if p.is_tcp:
+            if p.is_tcp or p.protocol.upper() in ("GRPC", "HTTP2"):
                 out.append((svc, p.name, p.port, f"{svc.fqdn}:{p.port}"))
     return out
 
@@ -184,7 +185,7 @@ def plan_run(
             )
             upstream_ports: dict[str, int] = {}
             upstream_env: dict[str, str] = {}
-            for svc, port_name, _port, authority in upstreams:
+            for svc, port_name, port, authority in upstreams:
                 local = upstream_ports.get(authority) or ports.allocate()
                 upstream_ports[authority] = local
                 base = env_name(svc.name if svc.namespace == w.namespace
@@ -192,6 +193,8 @@ def plan_run(
                 upstream_env[f"{base}_SERVICE_HOST"] = "127.0.0.1"
                 upstream_env.setdefault(f"{base}_SERVICE_PORT", str(local))
                 upstream_env[f"{base}_SERVICE_PORT_{env_name(port_name)}"] = str(local)
+                if any(p.port == port and p.protocol.upper() == "GRPC" for p in svc.ports):
+                    upstream_env.setdefault(f"GRPC_{base}_TARGET", f"127.0.0.1:{local}")
             replicas.append(ReplicaPlan(
                 workload=w,
                 replica=r,
