@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -45,13 +44,3 @@ def is_ready(url: str, timeout: float = 1.0) -> bool:
         return request(url, timeout=timeout)[0] == 200
     except HttpError:
         return False
-
-
-def wait_ready(url: str, timeout: float, interval: float = 0.05) -> bool:
-    """Poll `url` until it answers 200 or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if is_ready(url):
-            return True
-        time.sleep(interval)
-    return False
