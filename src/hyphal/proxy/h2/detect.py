@@ -1,4 +1,4 @@
-"""Which protocol a new downstream connection speaks: h2c preface, CONNECT tunnel, ALPN, or HTTP/1.1.
+"""Which protocol a new downstream connection speaks: h2c preface, CONNECT, ALPN or HTTP/1.1.
 
 A plaintext HTTP listener hands each connection to a `Sniffer` first. It looks at the first
 bytes only: the HTTP/2 connection preface (`PRI * HTTP/2.0...`, what gRPC clients send with

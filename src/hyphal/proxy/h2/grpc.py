@@ -1,4 +1,4 @@
-"""gRPC over HTTP/2 rules for a proxy (pure): detection, status codes, local replies in gRPC form."""
+"""gRPC over HTTP/2 rules for a proxy (pure): detection, status codes, local gRPC replies."""
 
 from __future__ import annotations
 
