@@ -10,9 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fake_api import FakeApi, fake_api  # noqa: E402
+from fake_api import FakeApi, fake_api
 
-from hyphal.kube.client import KubeClient, KubeConfig  # noqa: E402
+from hyphal.kube.client import KubeClient, KubeConfig
 
 
 @pytest.fixture

@@ -164,7 +164,7 @@ def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
             group = "" if m["core"] else m["group"]
             return (group, m["plural"]), m["ns"], parse_qs(url.query)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             routed = self._route()
             if routed is None:
                 return
@@ -174,7 +174,7 @@ def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(200, api.list_body(coll, ns))
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             routed = self._route()
             if routed is None:
                 return

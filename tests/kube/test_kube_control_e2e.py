@@ -19,7 +19,7 @@ import pytest
 from fake_api import FakeApi
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "control" / "xds"))
-from grpc_interop import grpc_interop, read_line  # noqa: E402
+from grpc_interop import grpc_interop, read_line
 
 pytestmark = pytest.mark.e2e
 CALLS = 60

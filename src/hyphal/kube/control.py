@@ -87,7 +87,8 @@ class KubeControl:
                         WEBHOOK_TTL, dns_names=webhook_dns_names(), ip_addresses=["127.0.0.1"])
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        cert_file, key_file = state_dir / "ca" / "webhook-cert.pem", state_dir / "ca" / "webhook-key.pem"
+        cert_file = state_dir / "ca" / "webhook-cert.pem"
+        key_file = state_dir / "ca" / "webhook-key.pem"
         write_private(key_file, key_to_pem(key), durable=False)
         write_private(cert_file, leaf.public_bytes(Encoding.PEM) + ca.root_cert_pem,
                       durable=False)

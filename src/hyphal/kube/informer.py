@@ -42,7 +42,9 @@ class ResourceType:
     def path(self, namespace: str | None = None) -> str:
         """The collection's URL path, across all namespaces unless one is named."""
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        return f"{base}/namespaces/{namespace}/{self.plural}" if namespace else f"{base}/{self.plural}"
+        if namespace:
+            return f"{base}/namespaces/{namespace}/{self.plural}"
+        return f"{base}/{self.plural}"
 
 
 SERVICES = ResourceType("", "v1", "services", "Service")

@@ -74,13 +74,13 @@ def _handler(owner: WebhookServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path == "/ready":
                 self._send(200, {"ready": True})
             else:
                 self._send(404, {"error": f"POST an AdmissionReview to {INJECT_PATH}"})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             if self.path.split("?", 1)[0] != INJECT_PATH:
                 self._send(404, {"error": f"POST an AdmissionReview to {INJECT_PATH}"})
                 return
