@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    from hyphal.telemetry.tracing import TracingSettings
 
 __all__ = [
     "Bootstrap",
@@ -268,22 +271,26 @@ def load_bootstrap(path: str | Path) -> Bootstrap:
             f"{p}: line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}"
         ) from None
     bootstrap = parse_bootstrap(data, source=str(p), base_dir=p.parent.resolve())
-    _install_tracer(bootstrap)
+    tracing_settings(bootstrap)  # a bad tracing block is a bootstrap error, reported at load
     return bootstrap
 
 
-def _install_tracer(bootstrap: Bootstrap) -> None:
-    """Install the process tracer from the `tracing` block and HYPHAL_TRACE_* variables.
-
-    Done here because loading the bootstrap is the sidecar process's start; the data plane
-    reads the process tracer per request (telemetry/tracing.py)."""
-    from hyphal.telemetry.otlp import start_tracer
-    from hyphal.telemetry.tracing import install, settings_from
+def tracing_settings(bootstrap: Bootstrap) -> TracingSettings:
+    """The `tracing` block with HYPHAL_TRACE_* variables applied; BootstrapError if invalid."""
+    from hyphal.telemetry.tracing import settings_from
 
     try:
-        settings = settings_from(dict(bootstrap.tracing), source=f"{bootstrap.source}: tracing")
+        return settings_from(dict(bootstrap.tracing), source=f"{bootstrap.source}: tracing")
     except ValueError as exc:
         raise BootstrapError(str(exc)) from None
+
+
+def install_tracer(bootstrap: Bootstrap) -> None:
+    """Install the process tracer the data plane reads per request (telemetry/tracing.py)."""
+    from hyphal.telemetry.otlp import start_tracer
+    from hyphal.telemetry.tracing import install
+
+    settings = tracing_settings(bootstrap)
     n = bootstrap.node
     install(start_tracer(settings, (
         ("service.name", n.workload_name or n.cluster),

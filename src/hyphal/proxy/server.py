@@ -17,7 +17,7 @@ from typing import Any
 
 from hyphal.identity.client import CertBundle, CertificateRequestError
 from hyphal.proxy.admin import AdminServer, AdminSources, config_dump
-from hyphal.proxy.bootstrap import Bootstrap
+from hyphal.proxy.bootstrap import Bootstrap, install_tracer
 from hyphal.proxy.certs import CertManager
 from hyphal.proxy.compile import Compiler, NodeContext, Snapshot
 from hyphal.proxy.dataplane import DataPlane, ListenerBindError
@@ -77,6 +77,7 @@ class Sidecar:
 
     async def start(self) -> None:
         b = self.bootstrap
+        install_tracer(b)
         certs = CertManager(b)
         try:
             bundle = await certs.issue()
