@@ -41,6 +41,7 @@ from hyphal.proxy.runtime.tables import (
     VirtualHost,
 )
 from hyphal.proxy.transport.tls import TlsMaterial
+from hyphal.telemetry import tracing
 from hyphal.telemetry.accesslog import AccessLog
 from hyphal.telemetry.stats import Stats
 
@@ -232,3 +233,28 @@ def test_local_plan_gives_grpc_services_upstream_ports(tmp_path: Path) -> None:
     assert env["GRPC_GREETER_TARGET"] == f"127.0.0.1:{local}"
     assert env["GREETER_SERVICE_HOST"] == "127.0.0.1"
     assert env["GREETER_SERVICE_PORT"] == str(local)
+
+
+async def test_a_sampled_grpc_call_makes_linked_client_and_server_spans(
+        mesh: dict[str, Any]) -> None:
+    spans: list[tracing.SpanRecord] = []
+    previous = tracing.TRACER
+    tracing.install(tracing.Tracer(tracing.TracingSettings(sampling=1.0), spans.append))
+    try:
+        def run() -> None:
+            with _channel(mesh["port"]) as ch:
+                ch.unary_unary("/t.Greeter/Hello")(b"", timeout=3)
+                with pytest.raises(grpc.RpcError):
+                    ch.unary_unary("/t.Greeter/Nope")(b"", timeout=3)
+        await asyncio.to_thread(run)
+    finally:
+        tracing.install(previous)
+    by_kind = {(s.kind, dict(s.attributes)["rpc.method"]): s for s in spans}
+    client = by_kind[(tracing.SPAN_KIND_CLIENT, "Hello")]
+    server = by_kind[(tracing.SPAN_KIND_SERVER, "Hello")]
+    assert server.trace_id == client.trace_id and server.parent_span_id == client.span_id
+    attrs = dict(client.attributes)
+    assert attrs["rpc.system"] == "grpc" and attrs["rpc.service"] == "t.Greeter"
+    assert attrs["rpc.grpc.status_code"] == 0 and attrs["http.response.status_code"] == 200
+    failed = dict(by_kind[(tracing.SPAN_KIND_SERVER, "Nope")].attributes)
+    assert failed["rpc.grpc.status_code"] == grpc.StatusCode.UNIMPLEMENTED.value[0]

@@ -31,6 +31,7 @@ from hyphal.proxy.runtime.tables import (
     VirtualHost,
 )
 from hyphal.proxy.upstream.cluster import ClusterRuntime
+from hyphal.telemetry import tracing
 from hyphal.telemetry.accesslog import iso_time
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ class H2Relay:
         self.upstream_started = 0.0
         self.upstream_time_ms = -1.0
         self.task: asyncio.Task[None] | None = None
+        self.span: tracing.ActiveSpan | None = None  # set only for sampled requests
+        self.retry_after_s: float | None = None  # Retry-After / grpc-retry-pushback-ms
 
     # ---------------------------------------------------------------- downstream events
     def start(self) -> None:
@@ -327,4 +330,25 @@ class H2Relay:
             if self.grpc:
                 entry["grpc_status"] = self.grpc_status
             ctx.access_log.log(entry)
+        if self.span is not None:
+            self._end_span(self.span)
         self.down.stream_done(self.sid)
+
+    def _end_span(self, span: tracing.ActiveSpan) -> None:
+        attributes: list[tuple[str, str | int]] = [
+            ("hyphal.workload", self.config.workload),
+            ("hyphal.cluster", self.cluster_name),
+            ("network.peer.address", self.upstream_addr),
+            ("http.request_id", self.request_id.decode("latin-1")),
+            ("network.protocol.version", "2"),
+        ]
+        if self.grpc:
+            service, _, method = self.head.path.lstrip("/").partition("/")
+            attributes += [("rpc.system", "grpc"), ("rpc.service", service),
+                           ("rpc.method", method.partition("?")[0])]
+            if self.grpc_status is not None:
+                attributes.append(("rpc.grpc.status_code", self.grpc_status))
+        tracing.TRACER.end(
+            span, end_wall=time.time(), method=self.head.method, authority=self.head.authority,
+            path=self.head.path, status=self.status, reason=self.reason,
+            peer_identity=self.down.peer_identity, attributes=tuple(attributes))

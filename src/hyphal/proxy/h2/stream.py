@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from functools import partial
 
 from h2.exceptions import H2Error
@@ -41,6 +42,7 @@ from hyphal.proxy.runtime.tables import (
 from hyphal.proxy.upstream.cluster import ClusterRuntime
 from hyphal.proxy.upstream.policy import caller_budget, effective_deadline, request_hash_key
 from hyphal.proxy.upstream.pool import ConnectFailure
+from hyphal.telemetry import tracing
 
 __all__ = ["Downstream", "H2Exchange"]
 
@@ -67,6 +69,9 @@ class H2Exchange(H2Relay):
         head = self.head
         ctx = self.ctx
         config = self.config
+        if tracing.TRACER.enabled:
+            self.span = tracing.TRACER.begin(head.headers, ctx.spec.is_inbound,
+                                             self.started_wall)
         if head.method == "CONNECT" or not head.path.startswith("/") or not head.authority:
             self._local(400, "bad_request_target")
             return
@@ -135,8 +140,10 @@ class H2Exchange(H2Relay):
             out_path = (rewrite_path(route, target)
                         if route.prefix_rewrite is not None or route.regex_rewrite is not None
                         else head.path)
+            source = head if self.span is None else replace(  # the next hop's parent
+                head, headers=self.span.inject(head.headers))
             self.request_id, block = upstream_block(
-                head, out_path, vhost, route, picked, tls=spec.tls is not None,
+                source, out_path, vhost, route, picked, tls=spec.tls is not None,
                 peer_ip=self.down.peer_ip, peer_identity=self.down.peer_identity,
                 own_identity=config.identity, inbound=ctx.spec.is_inbound,
                 downstream_tls=ctx.spec.tls is not None)
