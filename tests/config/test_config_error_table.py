@@ -87,7 +87,7 @@ CASES: list[tuple[str, str, str, list[str]]] = [
             (
                 "shop/thing.yaml#1: kind: 'Frobnicator': unknown kind (supported kinds: Service, "
                 "Workload, VirtualService, DestinationRule, ServiceEntry, AuthorizationPolicy, "
-                "PeerAuthentication, HTTPRoute, GRPCRoute)"
+                "PeerAuthentication, RequestAuthentication, RateLimitPolicy, HTTPRoute, GRPCRoute)"
             )
         ],
     ),
@@ -99,7 +99,7 @@ CASES: list[tuple[str, str, str, list[str]]] = [
             (
                 "gw.yaml#1: kind: 'Gateway': not supported by hyphal (supported kinds: Service, "
                 "Workload, VirtualService, DestinationRule, ServiceEntry, AuthorizationPolicy, "
-                "PeerAuthentication, HTTPRoute, GRPCRoute)"
+                "PeerAuthentication, RequestAuthentication, RateLimitPolicy, HTTPRoute, GRPCRoute)"
             )
         ],
     ),
@@ -331,13 +331,13 @@ CASES: list[tuple[str, str, str, list[str]]] = [
         ],
     ),
     (
-        "request-principals",
+        "remote-ip-blocks",
         "shop/ap.yaml",
-        AP + "  rules:\n  - from:\n    - source: {requestPrincipals: ['*']}\n",
+        AP + "  rules:\n  - from:\n    - source: {remoteIpBlocks: [10.0.0.0/8]}\n",
         [
             (
-                "shop/ap.yaml#1: spec.rules[0].from[0].source.requestPrincipals: not supported by "
-                "hyphal (needs RequestAuthentication, which hyphal does not support)"
+                "shop/ap.yaml#1: spec.rules[0].from[0].source.remoteIpBlocks: not supported by "
+                "hyphal (use ipBlocks)"
             )
         ],
     ),
@@ -349,7 +349,8 @@ CASES: list[tuple[str, str, str, list[str]]] = [
             (
                 "shop/ap.yaml#1: spec.rules[0].when[0].key: condition key 'source.ip' is not "
                 "supported by hyphal (supported: source.principal, source.namespace, "
-                "request.headers[<name>])"
+                "request.headers[<name>], request.auth.principal, request.auth.audiences, "
+                "request.auth.claims[<name>])"
             )
         ],
     ),

@@ -14,6 +14,8 @@ from hyphal.config.models import (
     GatewayGRPCRoute,
     GatewayHTTPRoute,
     PeerAuthentication,
+    RateLimitPolicy,
+    RequestAuthentication,
     Resource,
     ResourceModel,
     Service,
@@ -99,6 +101,14 @@ class ResourceSet:
     @property
     def peer_authentications(self) -> tuple[PeerAuthentication, ...]:
         return self._typed(PeerAuthentication)
+
+    @property
+    def request_authentications(self) -> tuple[RequestAuthentication, ...]:
+        return self._typed(RequestAuthentication)
+
+    @property
+    def rate_limit_policies(self) -> tuple[RateLimitPolicy, ...]:
+        return self._typed(RateLimitPolicy)
 
     @property
     def http_routes(self) -> tuple[GatewayHTTPRoute, ...]:

@@ -11,6 +11,7 @@ from hyphal.config.errors import ConfigError, format_path
 from hyphal.config.models import (
     AuthorizationPolicy,
     DestinationRule,
+    RateLimitPolicy,
     ResourceModel,
     Service,
     VirtualService,
@@ -382,6 +383,16 @@ class _Checker:
                         for k, v in enumerate(vals):
                             self.principal(ap, ("spec", "rules", i, "when", j, name, k), v)
 
+    def rate_limit_policy(self, rl: RateLimitPolicy) -> None:
+        ref = rl.spec.target_ref
+        if ref is None:
+            return
+        loc: Loc = ("spec", "targetRef", "name")
+        if ref.kind == "Service":
+            self.service_named(rl, loc, ref.name, rl.namespace)
+        elif not any(w.name == ref.name and w.namespace == rl.namespace for w in self.rs.workloads):
+            self.err(rl, loc, f'no Workload "{ref.name}" in namespace "{rl.namespace}"')
+
     def principal(self, r: ResourceModel, loc: Loc, value: str) -> None:
         if value != "*" and not _PRINCIPAL.match(value):
             hint = " (without spiffe://)" if value.startswith("spiffe://") else ""
@@ -411,6 +422,8 @@ class _Checker:
             self.destination_rule(dr, ruled)
         for ap in self.rs.authorization_policies:
             self.authorization_policy(ap)
+        for rl in self.rs.rate_limit_policies:
+            self.rate_limit_policy(rl)
         return self.errors
 
 

@@ -11,8 +11,14 @@ from hyphal.config.models.gateway_api import *  # noqa: F403
 from hyphal.config.models.gateway_api import GatewayGRPCRoute, GatewayHTTPRoute
 from hyphal.config.models.hyphal import *  # noqa: F403
 from hyphal.config.models.hyphal import Service, Workload
+from hyphal.config.models.ratelimit import *  # noqa: F403
+from hyphal.config.models.ratelimit import RateLimitPolicy
 from hyphal.config.models.security import *  # noqa: F403
-from hyphal.config.models.security import AuthorizationPolicy, PeerAuthentication
+from hyphal.config.models.security import (
+    AuthorizationPolicy,
+    PeerAuthentication,
+    RequestAuthentication,
+)
 from hyphal.config.models.service_entry import *  # noqa: F403
 from hyphal.config.models.service_entry import ServiceEntry
 from hyphal.config.models.virtual_service import *  # noqa: F403
@@ -26,6 +32,8 @@ Resource = (
     | ServiceEntry
     | AuthorizationPolicy
     | PeerAuthentication
+    | RequestAuthentication
+    | RateLimitPolicy
     | GatewayHTTPRoute
     | GatewayGRPCRoute
 )
@@ -41,6 +49,8 @@ KINDS: dict[str, type[ResourceModel]] = {
         ServiceEntry,
         AuthorizationPolicy,
         PeerAuthentication,
+        RequestAuthentication,
+        RateLimitPolicy,
         GatewayHTTPRoute,
         GatewayGRPCRoute,
     )
@@ -55,6 +65,8 @@ __all__ = [
     "GatewayHTTPRoute",
     "Metadata",
     "PeerAuthentication",
+    "RateLimitPolicy",
+    "RequestAuthentication",
     "Resource",
     "ResourceModel",
     "Service",

@@ -1,7 +1,9 @@
-"""`security.istio.io` AuthorizationPolicy and PeerAuthentication: who may call, and mTLS mode."""
+"""`security.istio.io` AuthorizationPolicy, PeerAuthentication and RequestAuthentication: who
+may call, mTLS mode, and which JWTs are verified."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, ClassVar, Literal
 
@@ -22,11 +24,15 @@ __all__ = [
     "AuthorizationPolicy",
     "AuthorizationPolicySpec",
     "Condition",
+    "JWTHeader",
+    "JWTRule",
     "Operation",
     "PeerAuthentication",
     "PeerAuthenticationSpec",
     "PeerMTLS",
     "PeerSource",
+    "RequestAuthentication",
+    "RequestAuthenticationSpec",
     "Rule",
     "RuleFrom",
     "RuleTo",
@@ -34,8 +40,19 @@ __all__ = [
 ]
 
 SECURITY_API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
-CONDITION_KEYS = ("source.principal", "source.namespace", "request.headers[<name>]")
+CONDITION_KEYS = (
+    "source.principal",
+    "source.namespace",
+    "request.headers[<name>]",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.claims[<name>]",
+)
 _HEADER_KEY = re.compile(r"^request\.headers\[([^\[\]]+)\]$")
+_CLAIM_KEY = re.compile(r"^request\.auth\.claims((?:\[[^\[\]]+\])+)$")
+_PLAIN_KEYS = frozenset(
+    {"source.principal", "source.namespace", "request.auth.principal", "request.auth.audiences"}
+)
 
 
 class WorkloadSelector(Model):
@@ -47,6 +64,8 @@ class PeerSource(Model):
 
     principals: tuple[str, ...] = ()
     not_principals: tuple[str, ...] = ()
+    request_principals: tuple[str, ...] = ()  # `<iss>/<sub>` of a verified JWT (globbed)
+    not_request_principals: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
     not_namespaces: tuple[str, ...] = ()
     ip_blocks: tuple[str, ...] = ()
@@ -83,7 +102,7 @@ class RuleTo(Model):
 
 
 class Condition(Model):
-    """`when[]`: key is source.principal, source.namespace or request.headers[<name>]."""
+    """`when[]`: one of CONDITION_KEYS (`request.auth.*` need a RequestAuthentication)."""
 
     key: str
     values: tuple[str, ...] = ()
@@ -92,7 +111,7 @@ class Condition(Model):
     @field_validator("key")
     @classmethod
     def _key(cls, key: str) -> str:
-        if key in ("source.principal", "source.namespace") or _HEADER_KEY.match(key):
+        if key in _PLAIN_KEYS or _HEADER_KEY.match(key) or _CLAIM_KEY.match(key):
             return key
         raise fail(
             f"condition key {key!r} is not supported by hyphal "
@@ -110,6 +129,17 @@ class Condition(Model):
         """For `request.headers[x]` keys: the header name, lower-cased."""
         m = _HEADER_KEY.match(self.key)
         return m.group(1).lower() if m else None
+
+    @property
+    def claim_path(self) -> tuple[str, ...] | None:
+        """For `request.auth.claims[a][b]` keys: ("a", "b")."""
+        m = _CLAIM_KEY.match(self.key)
+        return tuple(m.group(1)[1:-1].split("][")) if m else None
+
+    @property
+    def http_only(self) -> bool:
+        """Whether the key needs an HTTP request (headers or a JWT) to be checked."""
+        return not self.key.startswith("source.")
 
 
 class Rule(Model):
@@ -170,3 +200,79 @@ class PeerAuthentication(ResourceModel):
     API_VERSIONS: ClassVar[tuple[str, ...]] = SECURITY_API_VERSIONS
     kind: Literal["PeerAuthentication"] = "PeerAuthentication"
     spec: PeerAuthenticationSpec = Field(default_factory=PeerAuthenticationSpec)
+
+
+class JWTHeader(Model):
+    """`fromHeaders[]`: where a token is carried, e.g. `{name: x-jwt}` or Authorization/Bearer."""
+
+    name: str = Field(min_length=1)
+    prefix: str = ""
+
+
+def _jwks(value: object) -> object:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise fail("must be a JSON Web Key Set as a string (write it as a YAML block scalar)")
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise fail(f"is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("keys"), list):
+        raise fail('must be a JSON Web Key Set: {"keys": [...]}')
+    return value
+
+
+class JWTRule(Model):
+    """One accepted issuer: its keys (inline `jwks` or `jwksUri`), audiences, token locations."""
+
+    issuer: str = Field(min_length=1)
+    audiences: tuple[str, ...] = ()
+    jwks: Annotated[str | None, BeforeValidator(_jwks)] = None
+    jwks_uri: str | None = None
+    from_headers: tuple[JWTHeader, ...] = ()
+    from_params: tuple[str, ...] = ()
+    output_payload_to_header: str | None = None
+    forward_original_token: bool = False
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _uri(cls, uri: str | None) -> str | None:
+        if uri is not None and not re.match(r"^https?://[^/\s]+", uri):
+            raise fail(f"{uri!r} is not an http:// or https:// URL")
+        return uri
+
+    @model_validator(mode="after")
+    def _keys(self) -> JWTRule:
+        if self.jwks is not None and self.jwks_uri is not None:
+            raise fail("set only one of jwks, jwksUri (got jwks, jwksUri)")
+        if self.jwks is None and self.jwks_uri is None:
+            raise fail(
+                "set one of jwks, jwksUri (OpenID discovery from the issuer is not supported "
+                "by hyphal)"
+            )
+        return self
+
+
+class RequestAuthenticationSpec(Model):
+    """Tokens present are verified (invalid -> 401); requests without one pass unauthenticated."""
+
+    selector: WorkloadSelector | None = None
+    jwt_rules: tuple[JWTRule, ...] = ()
+
+    @field_validator("jwt_rules")
+    @classmethod
+    def _unique(cls, rules: tuple[JWTRule, ...]) -> tuple[JWTRule, ...]:
+        seen: set[str] = set()
+        for r in rules:
+            if r.issuer in seen:
+                raise fail(f"issuer {r.issuer!r} is listed twice")
+            seen.add(r.issuer)
+        return rules
+
+
+class RequestAuthentication(ResourceModel):
+    KIND: ClassVar[str] = "RequestAuthentication"
+    API_VERSIONS: ClassVar[tuple[str, ...]] = SECURITY_API_VERSIONS
+    kind: Literal["RequestAuthentication"] = "RequestAuthentication"
+    spec: RequestAuthenticationSpec = Field(default_factory=RequestAuthenticationSpec)

@@ -32,6 +32,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("GRPCRoute", "gateway.networking.k8s.io", "grpcroutes", ()),
     KindInfo("Service", "hyphal.dev", "services", ("svc",)),
     KindInfo("Workload", "hyphal.dev", "workloads", ("wl",)),
+    KindInfo("RateLimitPolicy", "hyphal.dev", "ratelimitpolicies", ("rlp",)),
 )
 
 _BY_NAME: dict[str, KindInfo] = {}
