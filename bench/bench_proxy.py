@@ -175,7 +175,48 @@ def sidecar_main(role: str, directory: Path) -> None:
         await stop.wait()
         await plane.close()
 
-    uvloop.run(run())
+    profile_dir = os.environ.get("HYPHAL_BENCH_PROFILE")
+    if not profile_dir:
+        uvloop.run(run())
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        uvloop.run(run())
+    finally:
+        profiler.disable()
+        profiler.dump_stats(str(Path(profile_dir) / f"sidecar-{role}.prof"))
+
+
+def profile_main(out_dir: Path, duration: int) -> None:
+    """Only the two-sidecar mTLS chain, each sidecar under cProfile; prints the top entries."""
+    import pstats
+
+    ensure_tools()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hyphal-bench-") as tmp:
+        directory = Path(tmp)
+        make_pki(directory)
+        (directory / "app.cfg").write_text(
+            HAPROXY_TEMPLATE.format(body=APP_BODY.format(**PORTS)))
+        procs = Procs()
+        os.environ["HYPHAL_BENCH_PROFILE"] = str(out_dir)
+        try:
+            procs.start(["haproxy", "-f", str(directory / "app.cfg")], cpu=1,
+                        ready_port=PORTS["app"])
+            side = [sys.executable, str(Path(__file__).resolve()), "--dir", tmp, "--sidecar"]
+            procs.start([*side, "b"], cpu=0, wait_line=True)
+            procs.start([*side, "a"], cpu=0, wait_line=True)
+            wrk(PORTS["sa_out"], 4, 1)
+            print(f"profiled run: {wrk(PORTS['sa_out'], 32, duration)}")
+        finally:
+            procs.stop_all()
+            os.environ.pop("HYPHAL_BENCH_PROFILE", None)
+    for role in ("a", "b"):
+        print(f"==== sidecar {role}")
+        pstats.Stats(str(out_dir / f"sidecar-{role}.prof")).sort_stats("tottime").print_stats(30)
 
 
 # ---------------------------------------------------------------- orchestration
@@ -233,8 +274,19 @@ def wrk(port: int, connections: int, duration: int, script: Path | None = None) 
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
     return {"rps": rps, "p50": pct("50"), "p99": pct("99"),
-            "non2xx": float(errors.group(1)) if errors else 0.0}
+            "non2xx": float(errors.group(1)) if errors else 0.0,
+            "requests": float(total.group(1)) if total else float("nan")}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the processes so far (from /proc/<pid>/stat)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -250,9 +302,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--sidecar", choices=("a", "b", "single"))
     parser.add_argument("--dir")
+    parser.add_argument("--profile", metavar="OUT_DIR",
+                        help="only profile the two-sidecar chain (cProfile) into OUT_DIR")
     args = parser.parse_args()
     if args.sidecar:
         sidecar_main(args.sidecar, Path(args.dir))
+        return
+    if args.profile:
+        profile_main(Path(args.profile), args.duration)
         return
     ensure_tools()
     py = sys.executable
@@ -266,9 +323,10 @@ def main() -> None:
         procs = Procs()
         try:
             procs.start(["haproxy", "-f", str(directory / "app.cfg")], cpu=1, ready_port=PORTS["app"])
-            procs.start(["haproxy", "-f", str(directory / "hops.cfg")], cpu=0, ready_port=PORTS["ha1"])
-            procs.start(["haproxy", "-f", str(directory / "single.cfg")], cpu=0,
-                        ready_port=PORTS["ha_single"])
+            ha_hops = procs.start(["haproxy", "-f", str(directory / "hops.cfg")], cpu=0,
+                                  ready_port=PORTS["ha1"])
+            ha_single = procs.start(["haproxy", "-f", str(directory / "single.cfg")], cpu=0,
+                                    ready_port=PORTS["ha_single"])
             side = [py, str(Path(__file__).resolve()), "--dir", tmp, "--sidecar"]
             single = procs.start([*side, "single"], cpu=0, wait_line=True)
             side_b = procs.start([*side, "b"], cpu=0, wait_line=True)
@@ -276,15 +334,22 @@ def main() -> None:
             setups = {"direct": PORTS["app"], "haproxy-1": PORTS["ha_single"],
                       "sidecar-1": PORTS["s1_out"], "haproxy-2tls": PORTS["ha1"],
                       "sidecar-2tls": PORTS["sa_out"]}
+            # The proxy processes whose CPU time a setup's requests cost.
+            proxy_pids = {"direct": [], "haproxy-1": [ha_single.pid],
+                          "sidecar-1": [single.pid], "haproxy-2tls": [ha_hops.pid],
+                          "sidecar-2tls": [side_a.pid, side_b.pid]}
             for port in setups.values():
                 wrk(port, 4, 1)  # warm up: connections, pools, TLS sessions
             for run in range(args.runs):
                 for name, port in setups.items():  # interleaved, as the noise note advises
                     low = wrk(port, 1, max(2, args.duration // 2))
+                    cpu_before = cpu_seconds(proxy_pids[name])
                     high = wrk(port, 32, args.duration)
+                    cpu = cpu_seconds(proxy_pids[name]) - cpu_before
                     results.setdefault(name, []).append({
                         "low_p50": low["p50"], "low_p99": low["p99"], "rps": high["rps"],
                         "sat_p50": high["p50"], "sat_p99": high["p99"],
+                        "cpu_us": cpu / high["requests"] * 1e6 if proxy_pids[name] else 0.0,
                         "non2xx": low["non2xx"] + high["non2xx"]})
                     print(f"run {run + 1} {name:13} {results[name][-1]}", flush=True)
             script = directory / "paced.lua"
@@ -313,13 +378,15 @@ def main() -> None:
     print()
     print(f"machine: {os.cpu_count()} CPUs, {open('/proc/cpuinfo').read().split('model name')[1].split(chr(10))[0].strip(': ')}")
     print(f"command: python bench/bench_proxy.py --duration {args.duration} --runs {args.runs}")
-    print(f"{'setup':14} {'rps@c32':>9} {'p50 c32':>8} {'p99 c32':>8} {'p50 c1':>8} {'p99 c1':>8} {'non2xx':>7}")
+    print(f"{'setup':14} {'rps@c32':>9} {'p50 c32':>8} {'p99 c32':>8} {'p50 c1':>8} "
+          f"{'p99 c1':>8} {'cpu us/rq':>9} {'non2xx':>7}")
     summary: dict[str, dict[str, float]] = {}
     for name, runs in results.items():
         med = {key: sorted(r[key] for r in runs)[len(runs) // 2] for key in runs[0]}
         summary[name] = med
         print(f"{name:14} {med['rps']:9.0f} {med['sat_p50']:7.2f}ms {med['sat_p99']:7.2f}ms "
-              f"{med['low_p50']:7.3f}ms {med['low_p99']:7.3f}ms {med['non2xx']:7.0f}")
+              f"{med['low_p50']:7.3f}ms {med['low_p99']:7.3f}ms {med['cpu_us']:9.1f} "
+              f"{med['non2xx']:7.0f}")
     ratio = summary["sidecar-2tls"]["rps"] / summary["haproxy-2tls"]["rps"]
     added_side = summary["sidecar-2tls"]["low_p50"] - summary["direct"]["low_p50"]
     added_ha = summary["haproxy-2tls"]["low_p50"] - summary["direct"]["low_p50"]

@@ -21,7 +21,7 @@ class AccessLog:
     """`path` "-" is stdout, None disables logging. Lines are flushed when 64 KiB are buffered,
     every `flush_interval_s` while a loop runs, and on `close`."""
 
-    __slots__ = ("_handle", "_own", "_buffer", "_size", "_timer", "_interval", "enabled")
+    __slots__ = ("_buffer", "_handle", "_interval", "_own", "_size", "_timer", "enabled")
 
     def __init__(self, path: str | None = "-", flush_interval_s: float = 1.0) -> None:
         self._own = False
@@ -42,7 +42,12 @@ class AccessLog:
     def log(self, entry: dict[str, Any]) -> None:
         if self._handle is None:
             return
-        line = _encode(entry)
+        self.append(_encode(entry))
+
+    def append(self, line: bytes) -> None:
+        """One already-encoded line (ending in a newline), e.g. from `http_line`."""
+        if self._handle is None:
+            return
         self._buffer.append(line)
         self._size += len(line)
         if self._size >= 65536:
@@ -109,3 +114,22 @@ def iso_time(epoch: float) -> str:
         _second_cache[0] = whole
         _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
     return f"{_second_cache[1]}.{int((epoch - whole) * 1000):03d}Z"
+
+
+def http_line(start_wall: float, request_id: str, method: str, authority: str, path: str,
+              protocol: str, peer: str, identity: str, listener: str, route: str,
+              cluster: str, upstream: str, status: int, reason: str, bytes_in: int,
+              bytes_out: int, duration_ms: float, upstream_ms: float | None) -> bytes:
+    """One HTTP access-log line with the `FIELDS` keys in order: the same JSON as `log`
+    builds from a dict, in one format call (the request path's encoder)."""
+    q = _quote
+    return (
+        f'{{"start_time":"{iso_time(start_wall)}","request_id":{q(request_id)},'
+        f'"method":{q(method)},"authority":{q(authority)},"path":{q(path)},'
+        f'"protocol":{q(protocol)},"downstream_peer":{q(peer)},'
+        f'"downstream_identity":{q(identity)},"listener":{q(listener)},"route":{q(route)},'
+        f'"cluster":{q(cluster)},"upstream_host":{q(upstream)},"status":{status},'
+        f'"reason":{q(reason)},"bytes_received":{bytes_in},"bytes_sent":{bytes_out},'
+        f'"duration_ms":{round(duration_ms, 3)!r},"upstream_service_time_ms":'
+        f'{"null" if upstream_ms is None else repr(round(upstream_ms, 3))}}}\n'
+    ).encode()

@@ -1,7 +1,7 @@
 """Istio-compatible request metrics and proxy gauges, rendered in Prometheus text format.
 
-Per request the cost is a tuple key, two dict increments and a bisect; text is built only
-on scrape (`render`).
+Per request the cost is a tuple key, one dict lookup, two list increments and a bisect;
+text is built only on scrape (`render`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 # Istio's default buckets for istio_request_duration_milliseconds.
 DURATION_BUCKETS_MS: tuple[float, ...] = (
@@ -60,13 +61,11 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
 class Stats:
     """Counters and histograms of one sidecar."""
 
-    __slots__ = ("_requests", "_hist", "_hist_sum", "_gauges", "_counters", "_interned",
-                 "_labeled")
+    __slots__ = ("_counters", "_gauges", "_interned", "_labeled", "_series")
 
     def __init__(self) -> None:
-        self._requests: dict[tuple[PeerLabels, int, str], int] = defaultdict(int)
-        self._hist: dict[tuple[PeerLabels, int, str], list[int]] = {}
-        self._hist_sum: dict[tuple[PeerLabels, int, str], float] = defaultdict(float)
+        # Per (labels, code, flags): [count, sum of durations, bucket counts..., +Inf count].
+        self._series: dict[tuple[PeerLabels, int, str], list[Any]] = {}
         self._gauges: dict[tuple[str, str], int] = defaultdict(int)
         self._counters: dict[tuple[str, str], int] = defaultdict(int)
         self._interned: dict[tuple[str, ...], PeerLabels] = {}
@@ -78,12 +77,12 @@ class Stats:
 
     def record_request(self, peer: PeerLabels, code: int, flags: str, duration_ms: float) -> None:
         key = (peer, code, flags)
-        self._requests[key] += 1
-        counts = self._hist.get(key)
-        if counts is None:
-            counts = self._hist[key] = [0] * (len(DURATION_BUCKETS_MS) + 1)
-        counts[bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
-        self._hist_sum[key] += duration_ms
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = [0, 0.0] + [0] * (len(DURATION_BUCKETS_MS) + 1)
+        series[0] += 1
+        series[1] += duration_ms
+        series[2 + bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
 
     def gauge_add(self, name: str, cluster: str, delta: int) -> None:
         """e.g. `hyphal_upstream_cx_active` per cluster."""
@@ -103,7 +102,7 @@ class Stats:
         return self._labeled.get((name, labels), 0)
 
     def requests_total(self, code: int | None = None, reporter: str | None = None) -> int:
-        return sum(v for (peer, c, _), v in self._requests.items()
+        return sum(v[0] for (peer, c, _), v in self._series.items()
                    if (code is None or c == code) and (reporter is None or peer.reporter == reporter))
 
     def gauge(self, name: str, cluster: str) -> int:
@@ -118,19 +117,20 @@ class Stats:
             "# TYPE istio_requests_total counter",
         ]
         names = LABEL_NAMES + ("response_code", "response_flags")
-        for (peer, code, flags), value in sorted(self._requests.items(), key=_sort_key):
-            out.append(f"istio_requests_total{{{_labels(names, peer.values() + (str(code), flags))}}} {value}")
+        series = sorted(self._series.items(), key=_sort_key)
+        for (peer, code, flags), values in series:
+            out.append(f"istio_requests_total{{{_labels(names, peer.values() + (str(code), flags))}}} {values[0]}")
         out.append("# TYPE istio_request_duration_milliseconds histogram")
-        for key, counts in sorted(self._hist.items(), key=_sort_key):
-            peer, code, flags = key
+        for (peer, code, flags), values in series:
             base = _labels(names, peer.values() + (str(code), flags))
+            counts = values[2:]
             running = 0
             for bound, count in zip(DURATION_BUCKETS_MS, counts):
                 running += count
                 out.append(f'istio_request_duration_milliseconds_bucket{{{base},le="{bound:g}"}} {running}')
             running += counts[-1]
             out.append(f'istio_request_duration_milliseconds_bucket{{{base},le="+Inf"}} {running}')
-            out.append(f"istio_request_duration_milliseconds_sum{{{base}}} {self._hist_sum[key]:.3f}")
+            out.append(f"istio_request_duration_milliseconds_sum{{{base}}} {values[1]:.3f}")
             out.append(f"istio_request_duration_milliseconds_count{{{base}}} {running}")
         seen: set[str] = set()
         for (name, cluster), value in sorted(self._gauges.items()):

@@ -38,6 +38,9 @@ class RequestHead:
     upgrade: bool
     expect_continue: bool
     host: bytes | None
+    # The Connection header's value(s) when present (its tokens name more hop-by-hop
+    # headers); None lets the head builder skip looking for them.
+    connection: bytes | None = None
 
     @property
     def has_body(self) -> bool:
@@ -52,6 +55,7 @@ class ResponseHead:
     headers: Headers
     chunked: bool
     content_length: int | None
+    connection: bytes | None = None  # as RequestHead.connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,15 @@ class ParseError:
 
 Event = RequestHead | ResponseHead | Body | MessageEnd | Upgrade | ParseError
 
+# Frozen, so one instance of each serves every message.
+END_KEEP_ALIVE = MessageEnd(True)
+END_CLOSE = MessageEnd(False)
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+
+
+# Lengths of content-length, transfer-encoding, host, connection, expect.
+_LOOK_AT = frozenset({14, 17, 4, 10, 6})
+
 
 class _Limit(Exception):
     def __init__(self, status: int, detail: str) -> None:
@@ -88,11 +101,15 @@ class _Limit(Exception):
 class _Reader:
     __slots__ = (
         "_chunked",
+        "_connection",
         "_content_length",
         "_events",
+        "_expect",
         "_failed",
         "_header_bytes",
         "_headers",
+        "_host",
+        "_hosts",
         "_parser",
         "_url",
         "limits",
@@ -112,6 +129,10 @@ class _Reader:
         self._chunked = False
         self._content_length: int | None = None
         self._url = b""
+        self._connection: bytes | None = None
+        self._host: bytes | None = None
+        self._hosts = 0
+        self._expect: bytes | None = None
 
     # httptools callbacks -------------------------------------------------
     def on_message_begin(self) -> None:
@@ -123,13 +144,23 @@ class _Reader:
             raise _Limit(431, "request headers exceed the size limit")
         if len(self._headers) >= self.limits.max_headers:
             raise _Limit(431, "too many request headers")
-        if len(name) in (14, 17):  # only Content-Length / Transfer-Encoding need a look
+        # Only a few headers need a look; their lengths are distinct enough to gate on.
+        size = len(name)
+        if size in _LOOK_AT:
             lower = name.lower()
             if lower == b"transfer-encoding":
                 # llhttp already insists that chunked is last and alone with CL.
                 self._chunked = value.strip().lower().endswith(b"chunked")
             elif lower == b"content-length":
                 self._content_length = int(value)
+            elif lower == b"host":
+                self._host = value
+                self._hosts += 1
+            elif lower == b"connection":
+                self._connection = (value if self._connection is None
+                                    else self._connection + b"," + value)
+            elif lower == b"expect":
+                self._expect = value
         self._headers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
@@ -175,35 +206,28 @@ class RequestReader(_Reader):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        version = parser.get_http_version().encode()
-        if version not in (b"1.1", b"1.0"):
-            raise _Limit(505 if version.startswith(b"2") else 400,
-                         f"HTTP/{version.decode()} is not supported; use HTTP/1.1")
-        host: bytes | None = None
-        expect = False
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"host":
-                if host is not None:
-                    raise _Limit(400, "more than one Host header")
-                host = value
-            elif lower == b"expect":
-                if value.lower() != b"100-continue":
-                    raise _Limit(417, "unsupported Expect header; only 100-continue is understood")
-                expect = True
-        if version == b"1.1" and host is None:
+        text = parser.get_http_version()
+        version = _VERSIONS.get(text)
+        if version is None:
+            raise _Limit(505 if text.startswith("2") else 400,
+                         f"HTTP/{text} is not supported; use HTTP/1.1")
+        if self._hosts > 1:
+            raise _Limit(400, "more than one Host header")
+        host = self._host
+        expect = self._expect is not None
+        if expect and self._expect.lower() != b"100-continue":  # type: ignore[union-attr]
+            raise _Limit(417, "unsupported Expect header; only 100-continue is understood")
+        if host is None and version == b"1.1":
             raise _Limit(400, "HTTP/1.1 request without a Host header")
-        method = parser.get_method()
         self._events.append(RequestHead(
-            method=bytes(method), target=self._url, version=version, headers=self._headers,
-            keep_alive=parser.should_keep_alive(), chunked=self._chunked,
-            content_length=self._content_length, upgrade=bool(parser.should_upgrade()),
-            expect_continue=expect, host=host,
+            parser.get_method(), self._url, version, self._headers,
+            parser.should_keep_alive(), self._chunked, self._content_length,
+            parser.should_upgrade(), expect, host, self._connection,
         ))
 
     def on_message_complete(self) -> None:
         # should_keep_alive() is only right inside this callback.
-        self._events.append(MessageEnd(self._parser.should_keep_alive()))
+        self._events.append(END_KEEP_ALIVE if self._parser.should_keep_alive() else END_CLOSE)
 
 
 class ResponseReader(_Reader):
@@ -234,19 +258,19 @@ class ResponseReader(_Reader):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
+        text = parser.get_http_version()
         self._events.append(ResponseHead(
-            status=status, reason=self._status_reason or b"-",
-            version=parser.get_http_version().encode(), headers=self._headers,
-            chunked=self._chunked, content_length=self._content_length,
+            status, self._status_reason or b"-", _VERSIONS.get(text) or text.encode(),
+            self._headers, self._chunked, self._content_length, self._connection,
         ))
         if self._head_request and status >= 200:
             self._head_request = False
-            self._events.append(MessageEnd(False))
+            self._events.append(END_CLOSE)
             self.stale = True
             raise _Limit(0, "head response done")
 
     def on_message_complete(self) -> None:
-        self._events.append(MessageEnd(self._parser.should_keep_alive()))
+        self._events.append(END_KEEP_ALIVE if self._parser.should_keep_alive() else END_CLOSE)
 
     def feed(self, data: bytes) -> list[Event]:
         events = super().feed(data)

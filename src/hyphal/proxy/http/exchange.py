@@ -1,12 +1,23 @@
 """One request/response exchange through the proxy: route, policy, upstream attempts, relay.
 
 Theory of operation: the server creates an Exchange per request head and feeds it body
-events; `run()` (one task) decides the route, applies RBAC and faults, then makes upstream
-attempts. Within an attempt everything is driven synchronously by upstream callbacks
-(`on_response_*`), which either commit the response (head written downstream, body
-streamed) or, for a retriable status before commit, end the attempt with RETRY. The task
-only waits for the attempt's outcome, the backoff and the timeouts. Request bodies up to
-REPLAY_LIMIT are kept so an attempt can be replayed; larger bodies disable retries.
+events, then calls `start()`. Two paths share every decision step (`_route`, `_plan`):
+
+- the fast path, for a whole request (no body or a small one already read) on a route with
+  no fault, mirror or hash policy and a pooled idle connection ready, runs inside the
+  server's `data_received`: route, pick, write the upstream head, no task, no future, no
+  await. The response is relayed from the upstream connection's callbacks and the exchange
+  finishes in `on_response_end`. A try that ends before anything was committed (reset,
+  retriable status, per-try timeout) hands over to the general path with its outcome, so
+  retries, outlier detection, budgets and backoff are the general path's, not a copy.
+- the general path (`run()`, one task) awaits faults, new connections, backoff and the
+  outcome of each attempt. Within an attempt everything is still driven synchronously by
+  upstream callbacks (`on_response_*`), which either commit the response (head written
+  downstream, body streamed) or, for a retriable status before commit, end the attempt with
+  RETRY.
+
+Request bodies up to REPLAY_LIMIT are kept so an attempt can be replayed; larger bodies
+disable retries.
 """
 
 from __future__ import annotations
@@ -17,13 +28,15 @@ import time
 from dataclasses import replace
 
 from hyphal.proxy.filters.fault import decide as decide_fault
-from hyphal.proxy.http.codec import RequestHead, ResponseHead
+from hyphal.proxy.http.attempts import Attempts
+from hyphal.proxy.http.codec import RequestHead
 from hyphal.proxy.http.context import ListenerContext
-from hyphal.proxy.http.headers import LAST_CHUNK, encode_chunk, header_map
-from hyphal.proxy.http.relay import CONTINUE, Downstream, Outcome, Relay
-from hyphal.proxy.http.request import redirect_location, upstream_request_head
-from hyphal.proxy.resilience.backoff import Backoff, FailureKind
+from hyphal.proxy.http.headers import header_map
+from hyphal.proxy.http.relay import CONTINUE, Downstream, Outcome
+from hyphal.proxy.http.request import upstream_request_head
+from hyphal.proxy.resilience.backoff import FailureKind
 from hyphal.proxy.router import Target, parse_target, select_route
+from hyphal.proxy.runtime.rbac import AndRule, HeaderRule, NotRule, OrRule, RbacEngine, Rule
 from hyphal.proxy.runtime.tables import (
     ClusterAction,
     ClusterSpec,
@@ -34,42 +47,110 @@ from hyphal.proxy.runtime.tables import (
     RedirectAction,
     Route,
     VirtualHost,
-    WeightedCluster,
 )
 from hyphal.proxy.upstream.cluster import ClusterRuntime
 from hyphal.proxy.upstream.policy import (
     caller_budget,
     effective_deadline,
     request_hash_key,
-    retry_after,
-    shadow_authority,
     with_deadline,
 )
-from hyphal.proxy.upstream.pool import ConnectFailure, UpstreamConnection
+from hyphal.proxy.upstream.pool import ConnectFailure
 from hyphal.telemetry import tracing
 
-__all__ = ["Downstream", "Exchange"]
+__all__ = ["Downstream", "Exchange", "Plan"]
 
 log = logging.getLogger(__name__)
 
 _HASHING = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})
+_NOTHING: frozenset[str] = frozenset()
+
+Routed = tuple[Target, VirtualHost, Route]
 
 
-class Exchange(Relay):
-    """One request/response exchange; `run()` is its task."""
+class Plan:
+    """What `_plan` decided for one request: cluster, admission, upstream head, deadline.
+    Built once per request and never changed (a plain slotted class: cheaper than a
+    dataclass on this path)."""
 
-    __slots__ = ("deadline", "retry_after_s", "retry_held", "retry_refused", "span")
+    __slots__ = ("deadline", "grpc", "route", "runtime", "spec", "target", "up_head",
+                 "up_source", "vhost")
+
+    def __init__(self, target: Target, vhost: VirtualHost, route: Route, spec: ClusterSpec,
+                 runtime: ClusterRuntime, up_head: bytes, up_source: RequestHead,
+                 deadline: float | None, grpc: bool) -> None:
+        self.target = target
+        self.vhost = vhost
+        self.route = route
+        self.spec = spec
+        self.runtime = runtime
+        self.up_head = up_head
+        self.up_source = up_source
+        self.deadline = deadline
+        self.grpc = grpc
+
+
+class First:
+    """Where the general path resumes after the fast path: an endpoint already picked, and
+    the outcome of a try already made on it (None: no try yet, connect to it)."""
+
+    __slots__ = ("endpoint", "outcome")
+
+    def __init__(self, endpoint: EndpointSpec, outcome: Outcome | None) -> None:
+        self.endpoint = endpoint
+        self.outcome = outcome
+
+
+def _rule_needs_headers(rule: Rule) -> bool:
+    if isinstance(rule, HeaderRule):
+        return True
+    if isinstance(rule, AndRule | OrRule):
+        return any(_rule_needs_headers(r) for r in rule.rules)
+    if isinstance(rule, NotRule):
+        return _rule_needs_headers(rule.rule)
+    return False
+
+
+_RBAC_HEADERS: dict[int, tuple[RbacEngine, bool]] = {}
+
+
+def rbac_needs_headers(engine: RbacEngine) -> bool:
+    """Whether any rule of `engine` looks at request headers (cached per engine)."""
+    found = _RBAC_HEADERS.get(id(engine))
+    if found is not None and found[0] is engine:
+        return found[1]
+    policies = engine.deny + (engine.allow or ())
+    needs = any(_rule_needs_headers(p.permissions) or _rule_needs_headers(p.principals)
+                for p in policies)
+    if len(_RBAC_HEADERS) > 64:
+        _RBAC_HEADERS.clear()
+    _RBAC_HEADERS[id(engine)] = (engine, needs)
+    return needs
+
+
+class Exchange(Attempts):
+    """One request/response exchange: `start()` takes the fast path or starts `run()`."""
+
+    __slots__ = ("fast_endpoint", "plan", "span")
 
     def __init__(self, down: Downstream, ctx: ListenerContext, head: RequestHead,
                  config: ProxyConfig) -> None:
         super().__init__(down, ctx, head, config)
-        self.deadline: float | None = None  # monotonic; route timeout and caller's budget
-        self.retry_after_s: float | None = None
-        self.retry_held = False  # a breaker max_retries unit is held by the current try
-        self.retry_refused = ""  # why a wanted retry did not happen (budget, breaker)
         self.span: tracing.ActiveSpan | None = None  # set only for sampled requests
+        self.plan: Plan | None = None
+        self.fast_endpoint: EndpointSpec | None = None  # the fast path's try went there
 
-    async def run(self) -> None:
+    # ---------------------------------------------------------------- entry points
+    def start(self) -> None:
+        self.launched = True
+        if (self.req_done and not self.malformed and not self.close_after
+                and not tracing.TRACER.enabled):
+            self._start_fast()
+            return
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def run(self, routed: Routed | None = None, plan: Plan | None = None,
+                  first: First | None = None) -> None:
         self.running = True
         try:
             if self.malformed:
@@ -77,7 +158,7 @@ class Exchange(Relay):
                 return
             if self.close_after:
                 return  # the client went away before we started
-            await self._run()
+            await self._run(routed, plan, first)
         except asyncio.CancelledError:
             if self.malformed and not self.committed:
                 self._local(400, "bad_request")
@@ -103,35 +184,64 @@ class Exchange(Relay):
                 ("http.request_id", self.request_id.decode("latin-1")),
             ))
 
-    async def _run(self) -> None:
+    async def _run(self, routed: Routed | None, plan: Plan | None,
+                   first: First | None) -> None:
+        if plan is None:
+            if routed is None:
+                if tracing.TRACER.enabled:
+                    self.span = tracing.TRACER.begin(self.head.headers, self.ctx.spec.is_inbound,
+                                                     self.started_wall)
+                routed = self._route()
+                if routed is None:
+                    return
+            route = routed[2]
+            if route.fault is not None and not self.ctx.spec.is_inbound:
+                fault = decide_fault(route.fault, self.ctx.rng)
+                if fault.delay_s is not None:
+                    await asyncio.sleep(fault.delay_s)
+                if fault.abort_status is not None:
+                    self._local(fault.abort_status, "fault_injected")
+                    return
+            plan = self._plan(routed)
+            if plan is None:
+                return
+        route = plan.route
+        try:
+            await self._forward(plan, first)
+        finally:
+            if route.mirrors and not self.ctx.spec.is_inbound:
+                self._mirror(route, plan.vhost, plan.up_source, plan.target, self.config,
+                             plan.deadline)
+            self._release_admission()
+
+    # ---------------------------------------------------------------- decisions (both paths)
+    def _route(self) -> Routed | None:
+        """Target, virtual host and route, RBAC, direct responses and redirects. None when
+        the exchange was answered here."""
         head = self.head
         ctx = self.ctx
-        config = self.config
-        if tracing.TRACER.enabled:
-            self.span = tracing.TRACER.begin(head.headers, ctx.spec.is_inbound,
-                                             self.started_wall)
         target = parse_target(head.target, head.host)
-        method = head.method.decode("latin-1")
         if target is None:
             self._local(400, "bad_request_target")
-            return
+            return None
+        method = head.method.decode("latin-1")
         self.authority = target.authority
         self.path = target.origin
-        table = config.route_table_for(ctx.spec)
+        table = self.config.route_table_for(ctx.spec)
         if table is None:
             self._local(404, "no_route")
-            return
+            return None
         rbac = ctx.spec.rbac
         headers = None
-        if table.needs_headers or rbac is not None:
+        if table.needs_headers or (rbac is not None and rbac_needs_headers(rbac)):
             headers = header_map(head.headers)
             headers[":method"] = method
-            headers[":path"] = target.origin
+            headers[":path"] = self.path
             headers[":authority"] = target.authority
         vhost, route = select_route(table, target, method, headers)
         if route is None or vhost is None:
             self._local(404, "no_route")
-            return
+            return None
         self.route = route
         self.vhost = vhost
         self.route_name = route.name
@@ -140,40 +250,46 @@ class Exchange(Relay):
                                             self.down.port, headers or {})
             if not allowed:
                 self._local(403, "rbac_denied")
-                return
+                return None
         action = route.action
         if isinstance(action, DirectResponse):
             self._local(action.status, "direct_response", body=action.body)
-            return
+            return None
         if isinstance(action, RedirectAction):
             self._redirect(action, target)
-            return
-        if route.fault is not None and not ctx.spec.is_inbound:
-            fault = decide_fault(route.fault, ctx.rng)
-            if fault.delay_s is not None:
-                await asyncio.sleep(fault.delay_s)
-            if fault.abort_status is not None:
-                self._local(fault.abort_status, "fault_injected")
-                return
+            return None
+        return target, vhost, route
+
+    def _plan(self, routed: Routed) -> Plan | None:
+        """Cluster (by weight), the caller's deadline, admission, the upstream head. None
+        when the exchange was answered here; otherwise an admission is held
+        (`_release_admission` gives it back)."""
+        target, vhost, route = routed
+        head = self.head
+        ctx = self.ctx
+        config = self.config
+        action = route.action
         assert isinstance(action, ClusterAction)
-        picked = action.pick(ctx.rng.randrange(action.total))
+        picked = action.pick(ctx.rng.randrange(action.total)) if len(
+            action.clusters) > 1 else action.clusters[0]
         spec = config.clusters.get(picked.name)
         self.cluster_name = picked.name
         if spec is None:
             self._local(503, "cluster_not_found")
-            return
+            return None
         self.spec = spec
         budget = caller_budget(head.headers)
         now = time.monotonic()
         if budget.remaining_s is not None and budget.remaining_s <= 0:
             self._local(504, "deadline_exceeded")  # the caller has already given up
-            return
+            return None
         runtime = ctx.clusters.runtime(spec)
         self.runtime = runtime
         refusal = runtime.admit(now)
         if refusal is not None:
             self._local(503, refusal)
-            return
+            return None
+        self.admitted = True
         try:
             up_source = head if budget.headers is None else replace(head, headers=budget.headers)
             if self.span is not None:  # sampled: the next hop's parent is this span
@@ -182,33 +298,155 @@ class Exchange(Relay):
                 up_source, target, vhost, route, picked, peer_ip=self.down.peer_ip,
                 peer_identity=self.down.peer_identity, own_identity=config.identity,
                 inbound=ctx.spec.is_inbound, downstream_tls=ctx.spec.tls is not None)
-            if head.expect_continue and not self.req_done:
-                self.down.send(CONTINUE)
-                self.down.flush()
-            deadline = effective_deadline(self.started, route.timeout_s, budget.remaining_s)
-            self.deadline = deadline
-            try:
-                await self._forward(runtime, spec, route, vhost, up_head, target, deadline,
-                                    budget.grpc)
-            finally:
-                if route.mirrors and not ctx.spec.is_inbound:
-                    self._mirror(route, vhost, up_source, target, config, deadline)
-        finally:
-            runtime.release()
+        except Exception:
+            self._release_admission()
+            raise
+        if head.expect_continue and not self.req_done:
+            self.down.send(CONTINUE)
+            self.down.flush()
+        deadline = effective_deadline(self.started, route.timeout_s, budget.remaining_s)
+        self.deadline = deadline
+        return Plan(target, vhost, route, spec, runtime, up_head, up_source, deadline,
+                    budget.grpc)
 
-    # ---------------------------------------------------------------- forwarding
-    async def _forward(self, runtime: ClusterRuntime, spec: ClusterSpec, route: Route,
-                       vhost: VirtualHost, up_head: bytes, target: Target,
-                       deadline: float | None, grpc: bool) -> None:
-        """Tries until one commits a response: pick, connect (breakers), attempt, and on a
-        retriable outcome back off and retry elsewhere while policy and budget allow."""
-        policy = route.retry or vhost.retry
+    # ---------------------------------------------------------------- fast path
+    def _start_fast(self) -> None:
+        """The request is whole: decide and write upstream now, in the caller's callback."""
+        self.running = True
+        try:
+            routed = self._route()
+            if routed is None:
+                self._finish()
+                return
+            route = routed[2]
+            if (route.fault is not None or route.mirrors) and not self.ctx.spec.is_inbound:
+                self._hand_over(routed)
+                return
+            plan = self._plan(routed)
+            if plan is None:
+                self._finish()
+                return
+            self._fast_attempt(plan)
+        except Exception:  # as in run(): a bug costs this request only
+            log.exception("exchange failed: %s %s", self.head.method, self.head.target)
+            self._fast_abandon()
+
+    def _fast_attempt(self, plan: Plan) -> None:
+        """Try a pooled idle connection now; anything else goes to the general path."""
+        self.plan = plan
+        spec = plan.spec
+        route = plan.route
+        if route.hash_policy and spec.lb in _HASHING:
+            self._hand_over(None, plan)
+            return
+        runtime = plan.runtime
+        now = time.monotonic()
+        deadline = plan.deadline
+        endpoint = runtime.pick(_NOTHING, None, now)
+        if endpoint is None or (deadline is not None and deadline <= now):
+            self._hand_over(None, plan)  # it answers no_healthy_upstream / timeout
+            return
+        conn = self.ctx.pool.idle_connection(endpoint, spec)
+        if conn is None:
+            self._hand_over(None, plan, First(endpoint, None))
+            return
+        policy = route.retry or plan.vhost.retry
         self.policy = policy
         self.retries_left = policy.num_retries if policy else 0
+        self.upstream_addr = endpoint.address
+        self.fast_endpoint = endpoint
+        runtime.start(endpoint.address)
+        self.fast = True
+        self._send_request(conn, with_deadline(plan.up_head, deadline, plan.grpc, now))
+        limit = self._try_timeout(deadline)
+        if limit is not None and self.fast:
+            self.attempt_timer = asyncio.get_running_loop().call_later(
+                max(limit, 0.0), self._on_fast_timeout)
+
+    def _hand_over(self, routed: Routed | None, plan: Plan | None = None,
+                   first: First | None = None) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run(routed, plan, first))
+
+    def _fast_settled(self, outcome: Outcome) -> None:
+        if not self.fast:
+            return
+        self.fast = False
+        if self.attempt_timer is not None:
+            self.attempt_timer.cancel()
+            self.attempt_timer = None
+        plan = self.plan
+        assert plan is not None
+        address = self.upstream_addr
+        # A pooled connection: a reset is a stale connection, not the endpoint's fault.
+        self._end_try(plan.runtime, address, outcome, stale=True)
+        if outcome is Outcome.DONE or outcome is Outcome.BROKEN:
+            if outcome is Outcome.BROKEN:
+                self.close_after = True
+                self.reason = "upstream_reset_after_response_started"
+            self._release_admission()
+            self._finish()
+            return
+        assert self.fast_endpoint is not None
+        self._hand_over(None, plan, First(self.fast_endpoint, outcome))
+
+    def _on_fast_timeout(self) -> None:
+        self.attempt_timer = None
+        conn = self.up
+        self.up = None
+        if conn is not None:
+            conn.abort()
+        if self.committed:
+            self.reason = "timeout"
+        self._fast_settled(Outcome.BROKEN if self.committed else Outcome.TIMEOUT)
+
+    def _fast_cancelled(self) -> None:
+        """The client left while the fast path's try was in flight."""
+        self.fast = False
+        if self.attempt_timer is not None:
+            self.attempt_timer.cancel()
+            self.attempt_timer = None
+        conn = self.up
+        self.up = None
+        if conn is not None:
+            conn.abort()
+        if self.plan is not None:
+            self._end_try(self.plan.runtime, self.upstream_addr, None, stale=False)
+        self._release_admission()
+        self._finish()
+
+    def _fast_abandon(self) -> None:
+        trying = self.fast
+        self.fast = False
+        if self.attempt_timer is not None:
+            self.attempt_timer.cancel()
+            self.attempt_timer = None
+        if trying and self.plan is not None:
+            self._end_try(self.plan.runtime, self.upstream_addr, None, stale=False)
+        if not self.committed:
+            self._local(500, "internal_error")
+        self.close_after = True
+        self._release_admission()
+        if not self.ended:
+            self._finish()
+
+    # ---------------------------------------------------------------- general path
+    async def _forward(self, plan: Plan, first: First | None) -> None:
+        """Tries until one commits a response: pick, connect (breakers), attempt, and on a
+        retriable outcome back off and retry elsewhere while policy and budget allow.
+        `first` resumes after the fast path (its try's outcome, or its picked endpoint)."""
+        runtime, spec, route, deadline = plan.runtime, plan.spec, plan.route, plan.deadline
+        resumed = first is not None and first.outcome is not None
+        if resumed:
+            policy = self.policy  # set by the fast path; retries_left already counts
+        else:
+            policy = route.retry or plan.vhost.retry
+            self.policy = policy
+            self.retries_left = policy.num_retries if policy else 0
+            self.retry_after_s = None
         backoff = runtime.backoff(policy)
         hash_key: bytes | None = None
         if route.hash_policy and spec.lb in _HASHING:
-            key = request_hash_key(route.hash_policy, self.head.headers, target.query,
+            key = request_hash_key(route.hash_policy, self.head.headers, plan.target.query,
                                    self.down.peer_ip, self.ctx.rng)
             hash_key = key.key
             if key.set_cookie is not None:
@@ -217,51 +455,61 @@ class Exchange(Relay):
         backoff_round = 0
         stale_retry_used = False
         last_reason = "no_healthy_upstream"
-        self.retry_after_s = None
         while True:
-            now = time.monotonic()
-            if deadline is not None and deadline - now <= 0:
-                self._local(504, "timeout")
-                return
-            endpoint = runtime.pick(tried, hash_key, now)
-            if endpoint is None:
-                self._local(503, "no_healthy_upstream" if not tried else last_reason)
-                return
-            tried.add(endpoint.address)
-            self.upstream_addr = endpoint.address
-            remaining = None if deadline is None else deadline - now
-            connect_timeout = spec.connect_timeout_s if remaining is None else min(
-                spec.connect_timeout_s, remaining)
-            try:
-                # Pooled connection first, without an await (the common case).
-                pooled = self.ctx.pool.idle_connection(endpoint, spec)
-                if pooled is not None:
-                    conn, reused = pooled, True
+            if first is not None and first.outcome is not None:
+                endpoint, outcome, reused = first.endpoint, first.outcome, True
+                first = None
+                tried.add(endpoint.address)
+            else:
+                now = time.monotonic()
+                if deadline is not None and deadline - now <= 0:
+                    self._local(504, "timeout")
+                    return
+                if first is not None:
+                    endpoint, first = first.endpoint, None
                 else:
-                    got = await self._connection(runtime, endpoint, spec, connect_timeout)
-                    if got is None:
-                        return  # answered (pending overflow or timeout)
-                    conn, reused = got
-            except ConnectFailure as failure:
-                runtime.record(endpoint.address, FailureKind.CONNECT_FAILURE, time.monotonic())
-                last_reason = failure.reason
-                self.ctx.stats.count("hyphal_upstream_cx_connect_fail", spec.name)
-                log.debug("cluster %s: %s", spec.name, failure.detail)
-                if failure.reason == "upstream_connect_failure" and self._may_retry(
-                        runtime, None, FailureKind.CONNECT_FAILURE):
-                    await self._backoff(backoff, backoff_round, deadline)
-                    backoff_round += 1
-                    continue
-                self._local(503, failure.reason)
-                return
-            runtime.start(endpoint.address)
-            outcome: Outcome | None = None
-            try:
-                outcome = await self._attempt_on(conn, with_deadline(up_head, deadline, grpc),
-                                                 route, deadline)
-            finally:
-                self._end_try(runtime, endpoint.address, outcome,
-                              stale=reused and not stale_retry_used)
+                    picked = runtime.pick(tried, hash_key, now)
+                    if picked is None:
+                        self._local(503, "no_healthy_upstream" if not tried else last_reason)
+                        return
+                    endpoint = picked
+                tried.add(endpoint.address)
+                self.upstream_addr = endpoint.address
+                remaining = None if deadline is None else deadline - now
+                connect_timeout = spec.connect_timeout_s if remaining is None else min(
+                    spec.connect_timeout_s, remaining)
+                try:
+                    # Pooled connection first, without an await (the common case).
+                    pooled = self.ctx.pool.idle_connection(endpoint, spec)
+                    if pooled is not None:
+                        conn, reused = pooled, True
+                    else:
+                        got = await self._connection(runtime, endpoint, spec, connect_timeout)
+                        if got is None:
+                            return  # answered (pending overflow or timeout)
+                        conn, reused = got
+                except ConnectFailure as failure:
+                    runtime.record(endpoint.address, FailureKind.CONNECT_FAILURE,
+                                   time.monotonic())
+                    last_reason = failure.reason
+                    self.ctx.stats.count("hyphal_upstream_cx_connect_fail", spec.name)
+                    log.debug("cluster %s: %s", spec.name, failure.detail)
+                    if failure.reason == "upstream_connect_failure" and self._may_retry(
+                            runtime, None, FailureKind.CONNECT_FAILURE):
+                        await self._backoff(backoff, backoff_round, deadline)
+                        backoff_round += 1
+                        continue
+                    self._local(503, failure.reason)
+                    return
+                runtime.start(endpoint.address)
+                attempt: Outcome | None = None
+                try:
+                    attempt = await self._attempt_on(
+                        conn, with_deadline(plan.up_head, deadline, plan.grpc), route, deadline)
+                finally:
+                    self._end_try(runtime, endpoint.address, attempt,
+                                  stale=reused and not stale_retry_used)
+                outcome = attempt
             if outcome is Outcome.DONE:
                 return
             if outcome is Outcome.BROKEN:
@@ -296,183 +544,3 @@ class Exchange(Relay):
                 continue
             self._local(504, "upstream_per_try_timeout")
             return
-
-    async def _connection(self, runtime: ClusterRuntime, endpoint: EndpointSpec,
-                          spec: ClusterSpec,
-                          timeout_s: float) -> tuple[UpstreamConnection, bool] | None:
-        """A new connection within the cluster's max_connections; over it, wait as a pending
-        request (http1MaxPendingRequests; beyond that 503 pending_overflow)."""
-        pool = self.ctx.pool
-        limit = spec.circuit_breaker.max_connections
-        if pool.connections(spec.name) < limit or pool.close_one_idle(spec.name):
-            return await pool.acquire(endpoint, spec, timeout_s)
-        if not runtime.breaker.admit_pending():
-            runtime.overflow("pending_overflow")
-            self._local(503, "pending_overflow")
-            return None
-        try:
-            until = time.monotonic() + timeout_s
-            while True:
-                pooled = pool.idle_connection(endpoint, spec)
-                if pooled is not None:
-                    return pooled, True
-                if pool.connections(spec.name) < limit or pool.close_one_idle(spec.name):
-                    return await pool.acquire(endpoint, spec, max(until - time.monotonic(), 0.001))
-                if not await pool.wait_for_connection(spec.name, until - time.monotonic()):
-                    runtime.overflow("pending_timeout")
-                    self._local(503, "pending_timeout")
-                    return None
-        finally:
-            runtime.breaker.release_pending()
-
-    def _end_try(self, runtime: ClusterRuntime, address: str, outcome: Outcome | None,
-                 stale: bool) -> None:
-        """Account for one finished try: in-flight counts, outlier detection, latency."""
-        if self.retry_held:
-            self.retry_held = False
-            runtime.release_retry()
-        now = time.monotonic()
-        result: int | FailureKind | None
-        if outcome is Outcome.DONE or outcome is Outcome.RETRY:
-            result = self.status
-        elif outcome is Outcome.TIMEOUT:
-            result = FailureKind.TIMEOUT
-        elif outcome is Outcome.RESET:
-            result = None if stale else FailureKind.RESET  # a stale pooled connection
-        elif outcome is Outcome.BROKEN:
-            result = FailureKind.RESET
-        else:
-            result = None  # cancelled: the client left; not the endpoint's fault
-        latency = now - self.upstream_started if result is not None else None
-        runtime.finish(address, result, latency, now)
-
-    def _may_retry(self, runtime: ClusterRuntime, status: int | None,
-                   failure: FailureKind | None) -> bool:
-        """Retry when the policy's conditions match, attempts remain, the body was kept, the
-        per-cluster retry budget and the breaker's max_retries agree."""
-        policy = self.policy
-        if policy is None or self.retries_left <= 0 or self.committed or not self.replayable:
-            return False
-        if not runtime.conditions(policy).should_retry(status, None, failure):
-            return False
-        refusal = runtime.admit_retry(time.monotonic())
-        if refusal is not None:
-            self.retry_refused = refusal
-            return False
-        self.retries_left -= 1
-        self.retry_held = True
-        self.ctx.stats.count("hyphal_upstream_rq_retry", runtime.spec.name)
-        return True
-
-    def _retry_status(self, head: ResponseHead) -> bool:
-        runtime = self.runtime
-        if runtime is None or self.policy is None or not self.replayable:
-            return False
-        if not runtime.conditions(self.policy).should_retry(head.status):
-            return False
-        after = retry_after(head.headers)
-        if after is not None:
-            left = self.deadline_left()
-            if left is not None and after >= left:
-                return False  # the caller would be gone before the upstream wants us back
-        if not self._may_retry(runtime, head.status, None):
-            return False
-        self.retry_after_s = after
-        return True
-
-    def deadline_left(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-    async def _backoff(self, backoff: Backoff, round_: int, deadline: float | None,
-                       retry_after_s: float | None = None) -> None:
-        """Full-jitter exponential backoff (25 ms base, 250 ms cap by default) or the
-        upstream's Retry-After, never past the deadline."""
-        delay = backoff.delay(round_, retry_after_s)
-        if deadline is not None:
-            delay = min(delay, max(deadline - time.monotonic(), 0.0))
-        self.retry_after_s = None
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-    def _mirror(self, route: Route, vhost: VirtualHost, source: RequestHead, target: Target,
-                config: ProxyConfig, deadline: float | None) -> None:
-        """Send the shadow copies (after the real response: they never delay it)."""
-        if not self.replayable or not self.req_done:
-            return  # the body was not kept whole: nothing faithful to send
-        ctx = self.ctx
-        body = b"".join(self.chunks)
-        for mirror in route.mirrors:
-            if mirror.fraction < 1.0 and ctx.rng.random() >= mirror.fraction:
-                continue
-            spec = config.clusters.get(mirror.cluster)
-            if spec is None:
-                continue
-            shadow = replace(target, authority=shadow_authority(route.host_rewrite
-                                                                or target.authority))
-            shadow_route = replace(route, host_rewrite=None) if route.host_rewrite else route
-            framed = replace(source, chunked=False, content_length=len(body) or None)
-            _, head = upstream_request_head(
-                framed, shadow, vhost, shadow_route, WeightedCluster(mirror.cluster, 1),
-                peer_ip=self.down.peer_ip, peer_identity=self.down.peer_identity,
-                own_identity=config.identity, inbound=False,
-                downstream_tls=ctx.spec.tls is not None)
-            if body and not framed.content_length:
-                head = head[:-2] + b"Content-Length: %d\r\n\r\n" % len(body)
-            timeout = None if deadline is None else max(deadline - self.started, 0.001)
-            ctx.clusters.mirrors.send(ctx.clusters.runtime(spec), head, body, timeout)
-
-    async def _attempt_on(self, conn: UpstreamConnection, up_head: bytes, route: Route,
-                          deadline: float | None) -> Outcome:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Outcome] = loop.create_future()
-        self.attempt = fut
-        self.up = conn
-        self.skip_informational = False
-        conn.begin(self, self.head.method == b"HEAD")
-        framed = self.head.chunked
-        parts = [up_head]
-        for chunk in self.chunks:
-            parts.append(encode_chunk(chunk) if framed else chunk)
-        if self.req_done and framed:
-            parts.append(LAST_CHUNK)
-        conn.write(b"".join(parts))
-        if not self.replayable:
-            self.chunks.clear()
-            self.chunk_bytes = 0
-        self.down.resume_reading("buffer")
-        if self.down.pause_upstream_reads() and conn.transport is not None:
-            conn.transport.pause_reading()
-        self.upstream_started = time.monotonic()
-        per_try = self.policy.per_try_timeout_s if self.policy else None
-        limits = [t for t in (per_try, None if deadline is None else deadline - time.monotonic())
-                  if t is not None]
-        if limits:
-            self.attempt_timer = loop.call_later(max(min(limits), 0.0), self._on_timeout, fut)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if self.up is conn:
-                conn.abort()
-                self.up = None
-            raise
-        finally:
-            if self.attempt_timer is not None:
-                self.attempt_timer.cancel()
-                self.attempt_timer = None
-            self.attempt = None
-
-    def _on_timeout(self, fut: asyncio.Future[Outcome]) -> None:
-        if fut.done():
-            return
-        conn = self.up
-        self.up = None
-        if conn is not None:
-            conn.abort()
-        fut.set_result(Outcome.BROKEN if self.committed else Outcome.TIMEOUT)
-        if self.committed:
-            self.reason = "timeout"
-
-    def _redirect(self, action: RedirectAction, target: Target) -> None:
-        assert self.route is not None
-        location = redirect_location(action, self.route, target)
-        self._local(action.status, "redirect", body=b"", extra=[(b"location", location)])

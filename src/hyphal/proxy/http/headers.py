@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable
 
@@ -26,6 +27,16 @@ REASONS: dict[int, bytes] = {
     500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
     503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
+
+
+def tokens_of(connection: bytes | None) -> frozenset[bytes]:
+    """Lower-case tokens of a (comma-joined) Connection header value."""
+    if not connection:
+        return _NO_TOKENS
+    return frozenset(t.strip().lower() for t in connection.split(b",") if t.strip())
+
+
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 def connection_tokens(headers: Headers) -> frozenset[bytes]:
@@ -100,13 +111,36 @@ def header_map(headers: Headers) -> dict[str, str]:
     return result
 
 
-def new_request_id() -> bytes:
-    """A random UUID4 in the canonical form (as Envoy's x-request-id)."""
-    raw = bytearray(os.urandom(16))
+def _id_prefix() -> bytes:
+    raw = bytearray(os.urandom(10))
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-".encode()
+
+
+class _RequestIds:
+    """UUID-shaped ids: 80 random bits per process, then a 48-bit counter. Unique (the
+    prefix differs between processes, the counter within one) and ~10x cheaper than
+    os.urandom per request; request ids are correlation handles, not secrets."""
+
+    __slots__ = ("counter", "prefix")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = _id_prefix()
+        self.counter = itertools.count(1)
+
+
+_IDS = _RequestIds()
+os.register_at_fork(after_in_child=_IDS.reset)
+
+
+def new_request_id() -> bytes:
+    """A UUID4-shaped id in the canonical form (as Envoy's x-request-id)."""
+    return _IDS.prefix + b"%012x" % (next(_IDS.counter) & 0xFFFFFFFFFFFF)
 
 
 def xfcc_value(own_identity: str, peer_identity: str | None) -> bytes:

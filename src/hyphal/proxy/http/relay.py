@@ -17,13 +17,14 @@ from typing import Protocol
 from hyphal.proxy.http.codec import RequestHead, ResponseHead
 from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.headers import (
+    HOP_BY_HOP,
     LAST_CHUNK,
     Headers,
     apply_transforms,
     encode_chunk,
     local_response,
-    response_head,
     strip_hop_by_hop,
+    tokens_of,
 )
 from hyphal.proxy.runtime.tables import (
     ClusterSpec,
@@ -34,9 +35,12 @@ from hyphal.proxy.runtime.tables import (
 )
 from hyphal.proxy.upstream.cluster import ClusterRuntime
 from hyphal.proxy.upstream.pool import UpstreamConnection
-from hyphal.telemetry.accesslog import iso_time
+from hyphal.telemetry.accesslog import http_line
 
 log = logging.getLogger(__name__)
+
+# Response headers not copied downstream as they came (framing is re-added).
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
 
 REPLAY_LIMIT = 65536
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -80,9 +84,10 @@ class Relay:
         "ctx",
         "down",
         "ended",
+        "fast",
         "head",
+        "launched",
         "malformed",
-        "running",
         "path",
         "policy",
         "reason",
@@ -96,6 +101,7 @@ class Relay:
         "retries_left",
         "route",
         "route_name",
+        "running",
         "runtime",
         "skip_informational",
         "spec",
@@ -160,14 +166,17 @@ class Relay:
         self.ended = False
         self.malformed = False
         self.running = False
+        self.launched = False  # start() ran (a task or the fast path)
+        self.fast = False  # an attempt driven by callbacks alone is in flight (no task)
 
     def start(self) -> None:
+        self.launched = True
         self.task = asyncio.get_running_loop().create_task(self.run())
 
     def feed_body(self, data: bytes) -> None:
         self.bytes_in += len(data)
         up = self.up
-        if up is not None and self.attempt is not None:
+        if up is not None and (self.attempt is not None or self.fast):
             up.write(encode_chunk(data) if self.head.chunked else data)
             if self.replayable:
                 self.chunks.append(data)
@@ -186,7 +195,7 @@ class Relay:
         self.req_done = True
         self.req_keep_alive = keep_alive and self.req_keep_alive
         up = self.up
-        if up is not None and self.attempt is not None and self.head.chunked:
+        if up is not None and (self.attempt is not None or self.fast) and self.head.chunked:
             up.write(LAST_CHUNK)
 
     def request_error(self) -> None:
@@ -206,10 +215,20 @@ class Relay:
 
     def downstream_lost(self) -> None:
         self.close_after = True
+        if self.fast:
+            self._fast_cancelled()
+            return
         if self.running and self.task is not None and not self.task.done():
             self.task.cancel()
         if self.tunneling and self.up is not None:
             self.up.close()
+
+    def abandoned(self) -> None:
+        """The connection closed before this (never started) request was whole."""
+        self.close_after = True
+        self.launched = True
+        self.reason = "downstream_disconnect"
+        self._finish()
 
     def down_pause_writing(self) -> None:
         if self.up is not None and self.up.transport is not None:
@@ -225,8 +244,17 @@ class Relay:
 
     def _settle(self, outcome: Outcome) -> None:
         fut = self.attempt
-        if fut is not None and not fut.done():
-            fut.set_result(outcome)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(outcome)
+        elif self.fast:
+            self._fast_settled(outcome)
+
+    def _fast_settled(self, outcome: Outcome) -> None:
+        """The fast path's attempt ended (Exchange: finish, or hand over to a task)."""
+
+    def _fast_cancelled(self) -> None:
+        """The client left during a fast-path attempt (Exchange)."""
 
     def on_response_head(self, head: ResponseHead) -> None:
         status = head.status
@@ -250,45 +278,67 @@ class Relay:
         status = head.status
         self.status = status
         self.reason = "-"
-        headers = strip_hop_by_hop(head.headers, keep_upgrade=status == 101)
         route = self.route
         vhost = self.vhost
-        if route is not None and (route.response_headers_to_add or route.response_headers_to_remove):
-            headers = apply_transforms(headers, route.response_headers_to_remove,
-                                       route.response_headers_to_add)
-        if vhost is not None and (vhost.response_headers_to_add or vhost.response_headers_to_remove):
-            headers = apply_transforms(headers, vhost.response_headers_to_remove,
-                                       vhost.response_headers_to_add)
+        if ((route is not None and (route.response_headers_to_add
+                                    or route.response_headers_to_remove))
+                or (vhost is not None and (vhost.response_headers_to_add
+                                           or vhost.response_headers_to_remove))):
+            headers = strip_hop_by_hop(head.headers, keep_upgrade=status == 101)
+            if route is not None:
+                headers = apply_transforms(headers, route.response_headers_to_remove,
+                                           route.response_headers_to_add)
+            if vhost is not None:
+                headers = apply_transforms(headers, vhost.response_headers_to_remove,
+                                           vhost.response_headers_to_add)
+        else:
+            headers = None
+        req = self.head
+        version = b"1.1" if req.version == b"1.1" else b"1.0"
+        parts = [b"HTTP/", version, b" %d " % status, head.reason, b"\r\n"]
+        if headers is None:
+            listed = tokens_of(head.connection)
+            for name, value in head.headers:
+                lower = name.lower()
+                if lower in _RESPONSE_DROP or lower in listed:
+                    if status != 101 or lower != b"upgrade":
+                        continue
+                parts += (name, b": ", value, b"\r\n")
+        else:
+            for name, value in headers:
+                parts += (name, b": ", value, b"\r\n")
         if self.resp_extra:
-            headers.extend(self.resp_extra)
+            for name, value in self.resp_extra:
+                parts += (name, b": ", value, b"\r\n")
         self.up_until_close = not head.chunked and head.content_length is None
-        if self.head.upgrade and status != 101:
+        if req.upgrade and status != 101:
             self.close_after = True  # the client's bytes after its Upgrade are not HTTP
         if status == 101:
-            headers.append((b"Connection", b"Upgrade"))
+            parts.append(b"Connection: Upgrade\r\n")
             self.resp_mode = "none"
             self.up_until_close = False
-        elif self.head.method == b"HEAD" or status in (204, 304):
+        elif req.method == b"HEAD" or status in (204, 304):
             if head.content_length is not None and status != 204:
-                headers.append((b"Content-Length", str(head.content_length).encode()))
+                parts.append(b"Content-Length: %d\r\n" % head.content_length)
             self.resp_mode = "none"
             self.up_until_close = False
         elif head.content_length is not None:
-            headers.append((b"Content-Length", str(head.content_length).encode()))
+            parts.append(b"Content-Length: %d\r\n" % head.content_length)
             self.resp_mode = "length"
-        elif self.head.version == b"1.1":
-            headers.append((b"Transfer-Encoding", b"chunked"))
+        elif req.version == b"1.1":
+            parts.append(b"Transfer-Encoding: chunked\r\n")
             self.resp_mode = "chunked"
         else:
             self.resp_mode = "close"
             self.close_after = True
         if not self.req_keep_alive or self.close_after or self.ctx.draining:
-            headers.append((b"Connection", b"close"))
+            parts.append(b"Connection: close\r\n\r\n")
             self.close_after = True
-        elif self.head.version == b"1.0":
-            headers.append((b"Connection", b"keep-alive"))
-        self.down.send(response_head(status, head.reason, headers,
-                                     b"1.1" if self.head.version == b"1.1" else b"1.0"))
+        elif req.version == b"1.0":
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        self.down.send(b"".join(parts))
 
     def on_response_body(self, data: bytes) -> None:
         if not self.committed or self.skip_informational:
@@ -405,27 +455,17 @@ class Relay:
         labels = ctx.labels(self.config, cluster, self.down.peer_identity)
         ctx.stats.record_request(labels, self.status, self.reason, duration_ms)
         if ctx.access_log.enabled:
-            ctx.access_log.log({
-                "start_time": iso_time(self.started_wall),
-                "request_id": self.request_id.decode("latin-1") or "-",
-                "method": self.head.method.decode("latin-1"),
-                "authority": self.authority or (self.head.host or b"-").decode("latin-1"),
-                "path": self.path or self.head.target.decode("latin-1", "replace"),
-                "protocol": f"HTTP/{self.head.version.decode()}",
-                "downstream_peer": self.down.peer_ip,
-                "downstream_identity": self.down.peer_identity or "-",
-                "listener": ctx.spec.name,
-                "route": self.route_name,
-                "cluster": self.cluster_name,
-                "upstream_host": self.upstream_addr,
-                "status": self.status,
-                "reason": self.reason,
-                "bytes_received": self.bytes_in,
-                "bytes_sent": self.bytes_out,
-                "duration_ms": round(duration_ms, 3),
-                "upstream_service_time_ms": round(self.upstream_time_ms, 3)
-                if self.upstream_time_ms >= 0 else None,
-            })
+            head = self.head
+            ctx.access_log.append(http_line(
+                self.started_wall, self.request_id.decode("latin-1") or "-",
+                head.method.decode("latin-1"),
+                self.authority or (head.host or b"-").decode("latin-1"),
+                self.path or head.target.decode("latin-1", "replace"),
+                "HTTP/1.1" if head.version == b"1.1" else f"HTTP/{head.version.decode()}",
+                self.down.peer_ip, self.down.peer_identity or "-", ctx.spec.name,
+                self.route_name, self.cluster_name, self.upstream_addr, self.status,
+                self.reason, self.bytes_in, self.bytes_out, duration_ms,
+                self.upstream_time_ms if self.upstream_time_ms >= 0 else None))
         self.ended = True
         if not self.req_done:
             self.close_after = True  # the rest of the request body has nowhere to go

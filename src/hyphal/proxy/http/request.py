@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from hyphal.proxy.http.codec import RequestHead
 from hyphal.proxy.http.headers import (
+    HOP_BY_HOP,
     Headers,
     apply_transforms,
     new_request_id,
-    request_head,
-    strip_hop_by_hop,
+    tokens_of,
     xfcc_value,
 )
 from hyphal.proxy.router import Target, rewrite_path
 from hyphal.proxy.runtime.matchers import parse_query
 from hyphal.proxy.runtime.tables import RedirectAction, Route, VirtualHost, WeightedCluster
+
+# Request headers never copied upstream as they came: hop-by-hop ones, framing (re-added),
+# Host (rewritten), Expect (answered here), and the ones this hop sets or extends.
+_REPLACED = HOP_BY_HOP | {b"content-length", b"host", b"expect", b"x-forwarded-proto",
+                          b"x-forwarded-client-cert", b"x-forwarded-for", b"x-request-id"}
 
 
 def upstream_request_head(
@@ -34,45 +39,62 @@ def upstream_request_head(
     Hop-by-hop headers go; Host is the target's authority (or the route's host_rewrite);
     Expect is answered by the proxy; a client's XFCC and x-forwarded-proto are replaced;
     x-forwarded-for gets the peer appended; header transforms run cluster, route, vhost.
+    One pass over the headers; the head is joined as bytes directly unless a transform
+    needs the header list.
     """
     authority = route.host_rewrite or target.authority
-    out: Headers = [(b"Host", authority.encode("latin-1"))]
+    listed = tokens_of(head.connection)
+    upgrade = head.upgrade
     xff: bytes | None = None
     request_id: bytes | None = None
-    for name, value in strip_hop_by_hop(head.headers, keep_upgrade=head.upgrade):
+    kept: Headers = []
+    for name, value in head.headers:
         lower = name.lower()
-        if lower in (b"host", b"expect", b"x-forwarded-proto", b"x-forwarded-client-cert"):
+        if lower in _REPLACED or lower in listed:
+            if lower == b"x-forwarded-for":
+                xff = value
+            elif lower == b"x-request-id":
+                request_id = value
+                kept.append((name, value))
+            elif upgrade and lower == b"upgrade":
+                kept.append((name, value))
             continue
-        if lower == b"x-forwarded-for":
-            xff = value
-            continue
-        if lower == b"x-request-id":
-            request_id = value
-        out.append((name, value))
+        kept.append((name, value))
     if request_id is None:
         request_id = new_request_id()
-        out.append((b"x-request-id", request_id))
+        kept.append((b"x-request-id", request_id))
     ip = peer_ip.encode()
-    out.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
-    out.append((b"x-forwarded-proto", b"https" if downstream_tls else b"http"))
+    kept.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
+    kept.append((b"x-forwarded-proto", b"https" if downstream_tls else b"http"))
     if inbound and peer_identity:
-        out.append((b"x-forwarded-client-cert", xfcc_value(own_identity, peer_identity)))
-    for remove, add in ((picked.request_headers_to_remove, picked.request_headers_to_add),
-                        (route.request_headers_to_remove, route.request_headers_to_add),
-                        (vhost.request_headers_to_remove, vhost.request_headers_to_add)):
-        if remove or add:
-            out = apply_transforms(out, remove, add)
-    if head.upgrade:
-        out.append((b"Connection", b"Upgrade"))
+        kept.append((b"x-forwarded-client-cert", xfcc_value(own_identity, peer_identity)))
+    host_line = b"Host: " + authority.encode("latin-1") + b"\r\n"
+    if (picked.request_headers_to_add or picked.request_headers_to_remove
+            or route.request_headers_to_add or route.request_headers_to_remove
+            or vhost.request_headers_to_add or vhost.request_headers_to_remove):
+        # Transforms see Host too (they may replace or remove it).
+        kept.insert(0, (b"Host", authority.encode("latin-1")))
+        host_line = b""
+        for remove, add in ((picked.request_headers_to_remove, picked.request_headers_to_add),
+                            (route.request_headers_to_remove, route.request_headers_to_add),
+                            (vhost.request_headers_to_remove, vhost.request_headers_to_add)):
+            if remove or add:
+                kept = apply_transforms(kept, remove, add)
+    if upgrade:
+        kept.append((b"Connection", b"Upgrade"))
     if head.chunked:
-        out.append((b"Transfer-Encoding", b"chunked"))
+        kept.append((b"Transfer-Encoding", b"chunked"))
     elif head.content_length is not None:
-        out.append((b"Content-Length", str(head.content_length).encode()))
+        kept.append((b"Content-Length", b"%d" % head.content_length))
     if route.prefix_rewrite is not None or route.regex_rewrite is not None:
         path = rewrite_path(route, target)
     else:
         path = target.origin
-    return request_id, request_head(head.method, path.encode("latin-1"), out)
+    parts = [head.method, b" ", path.encode("latin-1"), b" HTTP/1.1\r\n", host_line]
+    for name, value in kept:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return request_id, b"".join(parts)
 
 
 def hash_key_for(route: Route, target: Target, headers: Headers, peer_ip: str) -> bytes | None:

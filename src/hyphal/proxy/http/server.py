@@ -23,8 +23,8 @@ from hyphal.proxy.http.codec import (
 )
 from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.exchange import Exchange
-from hyphal.proxy.http.relay import Relay
 from hyphal.proxy.http.headers import local_response
+from hyphal.proxy.http.relay import REPLAY_LIMIT, Relay
 from hyphal.proxy.transport.tls import spiffe_id
 
 _PIPELINE_DEPTH = 8
@@ -35,10 +35,34 @@ _REASON_FLAGS = {400: "bad_request", 408: "request_timeout", 414: "uri_too_long"
 _IDLE, _HEAD, _BODY, _TUNNEL, _DONE = range(5)
 
 
+def _whole_soon(head: RequestHead) -> bool:
+    """No body, or a small Content-Length one (kept for replay anyway), and nothing the
+    client waits for before sending it."""
+    if head.chunked or head.upgrade or head.expect_continue:
+        return False
+    length = head.content_length
+    return length is None or length <= REPLAY_LIMIT
+
+
 class HttpDownstream(asyncio.Protocol):
-    __slots__ = ("ctx", "transport", "reader", "queue", "reading", "peer_ip", "peer_identity",
-                 "port", "_out", "_paused", "_write_paused", "_state", "_head_since",
-                 "_idle_since", "_pending_error", "_closed")
+    __slots__ = (
+        "_closed",
+        "_head_since",
+        "_idle_since",
+        "_out",
+        "_paused",
+        "_pending_error",
+        "_state",
+        "_write_paused",
+        "ctx",
+        "peer_identity",
+        "peer_ip",
+        "port",
+        "queue",
+        "reader",
+        "reading",
+        "transport",
+    )
 
     def __init__(self, ctx: ListenerContext) -> None:
         self.ctx = ctx
@@ -84,19 +108,24 @@ class HttpDownstream(asyncio.Protocol):
             self._idle_since = 0.0
             self._head_since = time.monotonic()
         for event in self.reader.feed(data):
-            if isinstance(event, Body):
+            cls = event.__class__
+            if cls is Body:
                 if self.reading is not None:
-                    self.reading.feed_body(event.data)
-            elif isinstance(event, RequestHead):
-                self._on_head(event)
-            elif isinstance(event, MessageEnd):
+                    self.reading.feed_body(event.data)  # type: ignore[union-attr]
+            elif cls is RequestHead:
+                self._on_head(event)  # type: ignore[arg-type]
+            elif cls is MessageEnd:
                 reading = self.reading
                 self._state = _IDLE
+                keep_alive = event.keep_alive  # type: ignore[union-attr]
                 if reading is not None:
-                    reading.end_request(event.keep_alive)
-                if not event.keep_alive:
+                    reading.end_request(keep_alive)
+                if not keep_alive:
                     self._state = _DONE
                     self.reading = None
+                if (reading is not None and not reading.launched and self.queue
+                        and self.queue[0] is reading):
+                    reading.start()  # deferred by _on_head: the whole request is here
             elif isinstance(event, Upgrade):
                 self._state = _TUNNEL
                 if self.reading is None and self.queue:
@@ -116,7 +145,10 @@ class HttpDownstream(asyncio.Protocol):
         self.reading = exchange
         self.queue.append(exchange)
         if len(self.queue) == 1:
-            exchange.start()
+            # A request with no body or a small one starts when it is whole (its
+            # MessageEnd), which lets the exchange take the fast path; others stream.
+            if not _whole_soon(head):
+                exchange.start()
         elif len(self.queue) >= _PIPELINE_DEPTH:
             self.pause_reading("pipeline")
 
@@ -129,6 +161,8 @@ class HttpDownstream(asyncio.Protocol):
         self.ctx.stats.count("hyphal_downstream_rq_rejected", flag)
         reading = self.reading
         self.reading = None
+        if reading is not None and reading.req_done:
+            reading = None  # its request was whole: the error is the next request's
         if reading is not None and reading.task is not None:
             reading.request_error()  # it is running: it answers or closes
             return
@@ -145,8 +179,11 @@ class HttpDownstream(asyncio.Protocol):
         self._cancel_head()
         self._cancel_idle()
         self.ctx.connections.discard(self)
-        for exchange in list(self.queue):
+        queue = list(self.queue)
+        for exchange in queue:
             exchange.downstream_lost()
+        if queue and not queue[0].launched and not queue[0].ended:
+            queue[0].abandoned()  # deferred, its request never completed: still logged
         self.queue.clear()
         self.reading = None
 

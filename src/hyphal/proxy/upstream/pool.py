@@ -112,8 +112,19 @@ async def open_endpoint(
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("pool", "key", "transport", "reader", "sink", "requests", "idle_since",
-                 "closed", "tunnel", "peer_identity", "cluster")
+    __slots__ = (
+        "closed",
+        "cluster",
+        "idle_since",
+        "key",
+        "peer_identity",
+        "pool",
+        "reader",
+        "requests",
+        "sink",
+        "transport",
+        "tunnel",
+    )
 
     def __init__(self, pool: ConnectionPool, key: PoolKey, cluster: str) -> None:
         self.pool = pool
@@ -146,24 +157,26 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         for event in self.reader.feed(data):
-            if isinstance(event, Body):
-                sink.on_response_body(event.data)
-            elif isinstance(event, ResponseHead):
-                sink.on_response_head(event)
-            elif isinstance(event, MessageEnd):
-                sink.on_response_end(event.keep_alive and not self.reader.stale)
-            elif isinstance(event, Upgrade):
+            cls = event.__class__
+            if cls is Body:
+                sink.on_response_body(event.data)  # type: ignore[union-attr]
+            elif cls is ResponseHead:
+                sink.on_response_head(event)  # type: ignore[arg-type]
+            elif cls is MessageEnd:
+                sink.on_response_end(event.keep_alive  # type: ignore[union-attr]
+                                     and not self.reader.stale)
+            elif cls is Upgrade:
                 self.tunnel = True
-                sink.on_upstream_upgrade(event.rest)
-            elif isinstance(event, ParseError):
-                sink.on_upstream_error(event.detail)
+                sink.on_upstream_upgrade(event.rest)  # type: ignore[union-attr]
+            elif cls is ParseError:
+                sink.on_upstream_error(event.detail)  # type: ignore[union-attr]
                 self.close()
                 break
-            sink = self.sink
-            if sink is None:
-                break
-        if sink is not None:
-            sink.on_upstream_flush()
+            if self.sink is not sink:
+                # Released (or released and already lent to the next request, which the
+                # exchange's end may start at once): nothing more here is its business.
+                return
+        sink.on_upstream_flush()
 
     def eof_received(self) -> bool | None:
         return None
@@ -213,7 +226,7 @@ class UpstreamConnection(asyncio.Protocol):
 class ConnectionPool:
     """Idle keep-alive connections per (endpoint, TLS identity expectation)."""
 
-    __slots__ = ("_idle", "tls", "stats", "_all", "_per_cluster", "_waiters")
+    __slots__ = ("_all", "_idle", "_per_cluster", "_waiters", "stats", "tls")
 
     def __init__(self, tls: TlsMaterial | None, stats: Stats) -> None:
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
