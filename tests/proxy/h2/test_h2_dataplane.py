@@ -86,6 +86,7 @@ class App:
 
     def __init__(self) -> None:
         self.flaky_left = 0
+        self.pushback_calls: list[float] = []
 
         def hello(req: bytes, ctx: grpc.ServicerContext) -> bytes:
             md = dict(ctx.invocation_metadata())
@@ -102,8 +103,16 @@ class App:
                 ctx.abort(grpc.StatusCode.UNAVAILABLE, "try again")
             return b"ok"
 
+        def pushback(req: bytes, ctx: grpc.ServicerContext) -> bytes:
+            self.pushback_calls.append(time.monotonic())
+            if len(self.pushback_calls) == 1:
+                ctx.set_trailing_metadata((("grpc-retry-pushback-ms", req.decode()),))
+                ctx.abort(grpc.StatusCode.UNAVAILABLE, "later")
+            return b"ok"
+
         handlers = {n: grpc.unary_unary_rpc_method_handler(f)
-                    for n, f in (("Hello", hello), ("Slow", slow), ("Flaky", flaky))}
+                    for n, f in (("Hello", hello), ("Slow", slow), ("Flaky", flaky),
+                                 ("Pushback", pushback))}
         self.server = grpc.server(futures.ThreadPoolExecutor(8))
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("t.Greeter", handlers),))
@@ -258,3 +267,22 @@ async def test_a_sampled_grpc_call_makes_linked_client_and_server_spans(
     assert attrs["rpc.grpc.status_code"] == 0 and attrs["http.response.status_code"] == 200
     failed = dict(by_kind[(tracing.SPAN_KIND_SERVER, "Nope")].attributes)
     assert failed["rpc.grpc.status_code"] == grpc.StatusCode.UNIMPLEMENTED.value[0]
+
+
+@pytest.mark.parametrize(("pushback", "retried"), [("300", True), ("-1", False)])
+async def test_grpc_retry_pushback_sets_the_wait_or_stops_retries(
+        mesh: dict[str, Any], app: App, pushback: str, retried: bool) -> None:
+    def run() -> grpc.StatusCode:
+        with _channel(mesh["port"]) as ch:
+            try:
+                ch.unary_unary("/t.Greeter/Pushback")(pushback.encode(), timeout=3)
+            except grpc.RpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+    code = await asyncio.to_thread(run)
+    calls = app.pushback_calls
+    if retried:
+        assert code == grpc.StatusCode.OK and len(calls) == 2
+        assert calls[1] - calls[0] >= 0.29  # the server's wait, not the 25 ms backoff
+    else:
+        assert code == grpc.StatusCode.UNAVAILABLE and len(calls) == 1

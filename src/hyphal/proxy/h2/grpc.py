@@ -49,6 +49,20 @@ def status_of(headers: H2Headers) -> int | None:
     return None
 
 
+PUSHBACK_STOP: Final = -1.0
+
+
+def retry_pushback_s(headers: H2Headers) -> float | None:
+    """`grpc-retry-pushback-ms` (gRFC A6): seconds to wait before the retry, None when
+    absent, PUSHBACK_STOP when present but not a non-negative integer (the server says:
+    do not retry)."""
+    for name, value in headers:
+        if name == b"grpc-retry-pushback-ms":
+            text = value.strip()
+            return int(text) / 1000 if text.isdigit() else PUSHBACK_STOP
+    return None
+
+
 def from_http(status: int) -> int:
     return _HTTP_TO_GRPC.get(status, UNKNOWN)
 

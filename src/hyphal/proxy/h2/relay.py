@@ -117,6 +117,7 @@ class H2Relay:
         self.task: asyncio.Task[None] | None = None
         self.span: tracing.ActiveSpan | None = None  # set only for sampled requests
         self.retry_after_s: float | None = None  # Retry-After / grpc-retry-pushback-ms
+        self.deadline: float | None = None  # monotonic; route timeout and caller's budget
 
     # ---------------------------------------------------------------- downstream events
     def start(self) -> None:
@@ -202,7 +203,8 @@ class H2Relay:
         if self.upstream_time_ms < 0:
             self.upstream_time_ms = (time.monotonic() - self.upstream_started) * 1000
         code = grpc.status_of(block) if ended else None
-        if not self.committed and self.retries_left > 0 and self._retry_response(status, code):
+        if (not self.committed and self.retries_left > 0
+                and self._retry_response(status, code, block)):
             conn, self.up = self.up, None
             if conn is not None:
                 conn.cancel(self.up_sid)
@@ -249,7 +251,7 @@ class H2Relay:
         self.refused = refused
         self._settle(Outcome.RESET)
 
-    def _retry_response(self, status: int, code: int | None) -> bool:
+    def _retry_response(self, status: int, code: int | None, block: H2Headers) -> bool:
         """Whether a response ends the attempt with RETRY (H2Exchange decides)."""
         return False
 

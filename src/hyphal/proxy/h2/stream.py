@@ -40,7 +40,12 @@ from hyphal.proxy.runtime.tables import (
     VirtualHost,
 )
 from hyphal.proxy.upstream.cluster import ClusterRuntime
-from hyphal.proxy.upstream.policy import caller_budget, effective_deadline, request_hash_key
+from hyphal.proxy.upstream.policy import (
+    caller_budget,
+    effective_deadline,
+    request_hash_key,
+    retry_after,
+)
 from hyphal.proxy.upstream.pool import ConnectFailure
 from hyphal.telemetry import tracing
 
@@ -148,6 +153,7 @@ class H2Exchange(H2Relay):
                 own_identity=config.identity, inbound=ctx.spec.is_inbound,
                 downstream_tls=ctx.spec.tls is not None)
             deadline = effective_deadline(self.started, route.timeout_s, budget.remaining_s)
+            self.deadline = deadline
             await self._forward(runtime, spec, route, vhost, block, target, deadline)
         finally:
             runtime.release()
@@ -213,7 +219,10 @@ class H2Exchange(H2Relay):
                 return
             if outcome is Outcome.RETRY:
                 last_reason = "upstream_retriable_status"
-            elif outcome is Outcome.RESET:
+                await self._backoff(backoff, round_, deadline, self.retry_after_s)
+                round_ += 1
+                continue
+            if outcome is Outcome.RESET:
                 last_reason = "upstream_refused_stream" if self.refused else "upstream_reset"
                 kind = FailureKind.REFUSED_STREAM if self.refused else FailureKind.RESET
                 if not self._may_retry(runtime, None, None, kind):
@@ -269,13 +278,25 @@ class H2Exchange(H2Relay):
             self.attempt = None
 
     # ---------------------------------------------------------------- policy
-    def _retry_response(self, status: int, code: int | None) -> bool:
+    def _retry_response(self, status: int, code: int | None, block: H2Headers) -> bool:
+        """A retriable status or gRPC code, unless the server's pushback says not to (or
+        not before the caller's deadline): `grpc-retry-pushback-ms` for gRPC, Retry-After
+        for other requests; the wait it asks for replaces the backoff."""
         runtime, policy = self.runtime, self.policy
         if runtime is None or policy is None or not self.replayable:
             return False
         if not runtime.conditions(policy).should_retry(status, code):
             return False
-        return self._may_retry(runtime, status, code, None)
+        after = grpc.retry_pushback_s(block) if self.grpc else retry_after(block)
+        if after is not None:
+            if after < 0:
+                return False  # gRFC A6: a malformed or negative pushback stops retries
+            if self.deadline is not None and time.monotonic() + after >= self.deadline:
+                return False  # the caller would be gone before the upstream wants us back
+        if not self._may_retry(runtime, status, code, None):
+            return False
+        self.retry_after_s = after
+        return True
 
     def _may_retry(self, runtime: ClusterRuntime, status: int | None, code: int | None,
                    failure: FailureKind | None) -> bool:
@@ -312,8 +333,10 @@ class H2Exchange(H2Relay):
         latency = now - self.upstream_started if result is not None else None
         runtime.finish(address, result, latency, now)
 
-    async def _backoff(self, backoff: Backoff, round_: int, deadline: float | None) -> None:
-        delay = backoff.delay(round_, None)
+    async def _backoff(self, backoff: Backoff, round_: int, deadline: float | None,
+                       retry_after_s: float | None = None) -> None:
+        delay = backoff.delay(round_, retry_after_s)
+        self.retry_after_s = None
         if deadline is not None:
             delay = min(delay, max(deadline - time.monotonic(), 0.0))
         if delay > 0:
