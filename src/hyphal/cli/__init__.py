@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "tap": "hyphal.cli.tap",
     "check": "hyphal.cli.check",
     "install": "hyphal.cli.install",
+    "ca": "hyphal.cli.ca",
 }
 
 

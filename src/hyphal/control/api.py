@@ -18,6 +18,9 @@ Endpoints (all JSON; errors are `{"errors": [...]}`):
   GET  /api/v1/stats            ?namespace=&kind=deploy|svc  golden metrics (control/telemetry.py)
   GET  /api/v1/graph            ?namespace=  service graph edges
   GET  /api/v1/metrics          every sidecar's series, Prometheus text (federation)
+  GET  /api/v1/ca               roots, signing root, rotation phase, each sidecar's trust
+  POST /api/v1/ca/rotate        JSON {"step": "prepare" | "switch"}; 409 when not yet allowed
+  POST /api/v1/ca/retire        JSON {"fingerprint": HEX}; 409 when not yet allowed
 Everything under /api/ needs `Authorization: Bearer <admin-token>`.
 """
 
@@ -113,6 +116,7 @@ class ApiHandlers:
         telemetry: Any = None,  # a control.telemetry.TelemetryAggregator
     ) -> None:
         self.telemetry = telemetry
+        self.ca_trust: Any = None  # a control.ca.trust.TrustManager, set once the CA runs
         self.store = store
         self.admin_token = admin_token
         self.readiness = readiness or list
@@ -164,6 +168,9 @@ class ApiHandlers:
             ("GET", "/api/v1/stats"): lambda: self._telemetry("stats", query),
             ("GET", "/api/v1/graph"): lambda: self._telemetry("graph", query),
             ("GET", "/api/v1/metrics"): lambda: self._telemetry("metrics", query),
+            ("GET", "/api/v1/ca"): lambda: self._ca("show", body),
+            ("POST", "/api/v1/ca/rotate"): lambda: self._ca("rotate", body),
+            ("POST", "/api/v1/ca/retire"): lambda: self._ca("retire", body),
         }
         handler = routes.get((method, path))
         if handler is None:
@@ -238,6 +245,35 @@ class ApiHandlers:
             return Reply(200, t.stats(ns, query.get("kind") or "deploy"))
         except ValueError as exc:
             return _errors(400, str(exc))
+
+    def _ca(self, action: str, body: bytes) -> Reply:
+        from hyphal.control.ca.rotation import RotationRefused
+
+        trust = self.ca_trust
+        if trust is None:
+            return _errors(503, "the certificate authority is not running yet; retry shortly")
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError as exc:
+            return _errors(400, f"request body is not JSON: {exc}")
+        if not isinstance(payload, dict):
+            return _errors(400, "request body must be a JSON object")
+        try:
+            if action == "show":
+                return Reply(200, trust.show())
+            if action == "retire":
+                fp = payload.get("fingerprint")
+                if not isinstance(fp, str) or not fp:
+                    return _errors(400, "'fingerprint' is required (see GET /api/v1/ca)")
+                return Reply(200, trust.retire(fp))
+            step = payload.get("step")
+            if step == "prepare":
+                return Reply(200, trust.prepare())
+            if step == "switch":
+                return Reply(200, trust.switch())
+            return _errors(400, "'step' must be 'prepare' or 'switch'")
+        except RotationRefused as exc:
+            return _errors(409, str(exc))
 
     def _tokens(self, body: bytes) -> Reply:
         if self.mint_token is None:

@@ -65,10 +65,12 @@ class ControlPlane:
     async def start(self) -> dict[str, int | None]:
         """Start every part; raises StoreLoadError / OSError with what to fix."""
         from hyphal.control.ca.authority import CertificateAuthority
+        from hyphal.control.ca.bundle_watch import BundleWatcher
         from hyphal.control.ca.service import add_ca_service
+        from hyphal.control.ca.serving import RotatingCredentials, build_rotating_server
         from hyphal.control.ca.tokens import TokenIssuer
+        from hyphal.control.ca.trust import TrustManager
         from hyphal.control.translate.source import MeshSnapshotSource
-        from hyphal.control.xds.serve import build_server
         from hyphal.control.xds.server import AdsServer
 
         opts = self.options
@@ -128,11 +130,11 @@ class ControlPlane:
             trust_domain=opts.trust_domain,
         )
         creds = ca.server_credentials()
-        built = build_server(
+        # Credentials that follow the trust bundle at runtime (root rotation, add-root).
+        live_creds = RotatingCredentials(creds.chain_pem, creds.key_pem, creds.trust_bundle_pem)
+        built = build_rotating_server(
             ads,
-            cert_pem=creds.chain_pem,
-            key_pem=creds.key_pem,
-            trust_bundle_pem=creds.trust_bundle_pem,
+            live_creds,
             xds_port=opts.xds_port,
             plaintext_port=opts.xds_plaintext_port,
             ca_port=opts.ca_port,
@@ -150,6 +152,13 @@ class ControlPlane:
         self.readiness.mark_ready("xds")
 
         self._stack.append(asyncio.create_task(store.watch(opts.poll_interval)))
+        trust = TrustManager(
+            ca, opts.state_dir / "ca", source, live_creds, ads.connections,
+            on_change=lambda c: self._status.update(ca=ca_status(opts.trust_domain, c.roots)),
+        )
+        handlers.ca_trust = trust
+        watcher = BundleWatcher(opts.state_dir / "ca" / "trust-bundle.pem", trust.reload)
+        self._stack.append(asyncio.create_task(watcher.run(), name="trust-bundle-watch"))
         conns.append(ads)
         self._stack.append(asyncio.create_task(telemetry.run(), name="telemetry"))
         write_ports(opts.state_dir, self.ports)

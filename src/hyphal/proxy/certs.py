@@ -8,19 +8,31 @@ over mTLS when the token is gone or expired.
 
 Consumers subscribe with `on_rotate(callback)`: the data plane's `TlsMaterial.update` and the
 ADS client's reconnect. The trust bundle is the bootstrap's root until the control plane
-sends the `ROOTCA` Secret (`set_trust_bundle`).
+sends the `ROOTCA` Secret (`set_trust_bundle`); the control plane itself is verified against
+the bootstrap root and the ROOTCA roots together, so it may move to a new root.
+
+Root rotation: a ROOTCA that no longer holds the root our certificate chains to means peers
+are about to reject it, and a ROOTCA whose first (signing) root is another one means the CA
+has switched roots; either way the certificate is renewed at once (after up to a second of
+jitter, so a mesh does not renew in one burst) instead of at half its lifetime.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import hashlib
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 
+from hyphal.identity.certs import CertificateError, load_chain
 from hyphal.identity.client import (
     CertBundle,
     CertificateRequestError,
@@ -46,6 +58,7 @@ class CertInfo:
     not_before: str
     not_after: str
     rotations: int
+    root_fingerprint: str = ""  # SHA-256 of the root this certificate chains to
 
 
 class CertManager:
@@ -67,6 +80,9 @@ class CertManager:
         self._trust_bundle: bytes | None = None
         self._callbacks: list[Callable[[CertBundle, bytes], None]] = []
         self._rotations = 0
+        self._renew_due: CertBundle | None = None  # renew this one at once (root rotation)
+        self._wake: asyncio.Event | None = None
+        self.early_renewal_jitter = 1.0  # seconds
 
     def __repr__(self) -> str:
         return f"CertManager({self._spiffe.uri})"
@@ -107,11 +123,64 @@ class CertManager:
             pem.count(b"-----BEGIN CERTIFICATE-----"),
         )
         self._notify()
+        why = self._renewal_reason(pem)
+        if why:
+            self.renew_now(why)
+
+    def _renewal_reason(self, pem: bytes) -> str:
+        """Why the ROOTCA `pem` asks for a new certificate now, or ''."""
+        if self._bundle is None:
+            return ""
+        mine = self.root_fingerprint
+        try:
+            roots = [_fingerprint(r) for r in load_chain(pem)]
+        except (CertificateError, ValueError):
+            return ""  # the data plane reports an unusable bundle; nothing to decide here
+        if not mine or not roots:
+            return ""
+        if mine not in roots:
+            return f"the trust bundle no longer holds root {mine[:16]} that our certificate uses"
+        if roots[0] != mine:
+            return f"the CA now signs with root {roots[0][:16]}"
+        return ""
+
+    def renew_now(self, why: str) -> None:
+        """Replace the current certificate as soon as possible (once per certificate)."""
+        if self._bundle is None or self._renew_due is self._bundle:
+            return
+        log.info("renewing the workload certificate early: %s", why)
+        self._renew_due = self._bundle
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def root_fingerprint(self) -> str:
+        """SHA-256 (hex) of the root our certificate chains to ('' before the first one)."""
+        b = self._bundle
+        if b is None:
+            return ""
+        leaf = x509.load_pem_x509_certificate(b.chain_pem)
+        candidates = (self._trust_bundle or b"") + b"\n" + b.roots_pem + b"\n" + self._root_pem
+        try:
+            roots = load_chain(candidates)
+        except (CertificateError, ValueError):
+            return ""
+        return next((_fingerprint(r) for r in roots if _issued_by(leaf, r)), "")
+
+    def control_plane_roots(self) -> bytes:
+        """Roots that may have signed the control plane's serving cert: bootstrap + ROOTCA."""
+        extra = self._trust_bundle or b""
+        if not extra or extra.strip() in self._root_pem:
+            return self._root_pem
+        return self._root_pem.rstrip(b"\n") + b"\n" + extra
 
     def tls_credentials(self) -> TlsCredentials:
-        """Client material for the ADS channel: our cert, verified against the bootstrap root."""
+        """Client material for the ADS channel: our cert; the server verified against the
+        bootstrap root and the ROOTCA roots."""
         b = self.bundle
-        return TlsCredentials(root_pem=self._root_pem, key_pem=b.key_pem, chain_pem=b.chain_pem)
+        return TlsCredentials(
+            root_pem=self.control_plane_roots(), key_pem=b.key_pem, chain_pem=b.chain_pem
+        )
 
     def info(self) -> CertInfo | None:
         if self._bundle is None:
@@ -123,6 +192,7 @@ class CertManager:
             not_before=leaf.not_valid_before_utc.isoformat(),
             not_after=leaf.not_valid_after_utc.isoformat(),
             rotations=self._rotations,
+            root_fingerprint=self.root_fingerprint,
         )
 
     # -- obtaining certificates
@@ -143,7 +213,7 @@ class CertManager:
     async def _request(self, token: str | None, current: CertBundle | None) -> CertBundle:
         return await request_certificate(
             self._b.ca_address,
-            self._root_pem,
+            self.control_plane_roots(),
             token,
             generate_key(),
             self._spiffe,
@@ -183,5 +253,52 @@ class CertManager:
                 log.exception("certificate consumer %r failed", cb)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Rotate at half the lifetime (+ jitter), retrying with backoff, until `stop`."""
-        await self._rotator.run(self.bundle, self._renew, self._accept, stop)
+        """Rotate at half the lifetime (+ jitter), retrying with backoff, until `stop`;
+        at once (after a short jitter) when `renew_now` asks."""
+        while not stop.is_set():
+            wake = self._wake = asyncio.Event()
+            relay = asyncio.ensure_future(_relay(stop, wake))
+            early = self._renew_due is not None and self._renew_due is self._bundle
+            rotator = self._rotator
+            if early:
+                await _sleep_or(stop, random.uniform(0.0, self.early_renewal_jitter))
+                rotator = dataclasses.replace(rotator, fraction=0.0, jitter=0.0)
+
+            def accepted(
+                bundle: CertBundle, early: bool = early, wake: asyncio.Event = wake
+            ) -> None:
+                self._accept(bundle)
+                if early:
+                    wake.set()  # back to renewing at half-life
+
+            try:
+                await rotator.run(self.bundle, self._renew, accepted, wake)
+            finally:
+                relay.cancel()
+                self._wake = None
+
+
+async def _relay(stop: asyncio.Event, wake: asyncio.Event) -> None:
+    await stop.wait()
+    wake.set()
+
+
+async def _sleep_or(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _issued_by(leaf: x509.Certificate, root: x509.Certificate) -> bool:
+    if leaf.issuer != root.subject:
+        return False
+    try:
+        leaf.verify_directly_issued_by(root)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True

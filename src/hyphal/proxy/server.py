@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from envoy.config.core.v3.base_pb2 import Node
+
 from hyphal.identity.client import CertBundle, CertificateRequestError
 from hyphal.proxy.admin import AdminServer, AdminSources, config_dump
 from hyphal.proxy.bootstrap import Bootstrap, install_tracer
@@ -30,6 +32,8 @@ from hyphal.telemetry.stats import Stats
 __all__ = ["ProxyStartError", "Sidecar", "run_proxy"]
 
 log = logging.getLogger("hyphal.proxy")
+
+CERT_ROOT = "CERT_ROOT"  # node metadata key (docs/xds-conventions.md)
 
 
 class ProxyStartError(Exception):
@@ -94,9 +98,13 @@ class Sidecar:
             app_ports=tuple((p.port, p.app_port) for p in b.node.ports),
             instance_ip=b.node.instance_ip,
         )
+        node = build_node(b.node)
+        # Which root our certificate chains to, re-sent on every (re)connect: the control
+        # plane reads it to know when a root may be retired (docs/xds-conventions.md).
+        node.metadata[CERT_ROOT] = certs.root_fingerprint
         xds: XdsClient[Snapshot] = XdsClient(
             b.xds_address,
-            build_node(b.node),
+            node,
             Compiler(ctx),
             self._apply,
             credentials=certs.tls_credentials,
@@ -105,7 +113,7 @@ class Sidecar:
         admin = AdminServer(self._admin_sources(), port=b.admin_port)
         data_plane = _make_data_plane(holder, tls, stats, access_log)
         self.parts = _Parts(certs, tls, holder, stats, access_log, xds, admin, data_plane)
-        certs.on_rotate(self._rotated_handler(tls, xds))
+        certs.on_rotate(self._rotated_handler(tls, xds, node))
         self._tasks.append(asyncio.create_task(xds.run(), name="xds"))
         self._tasks.append(asyncio.create_task(certs.run(self._stop), name="certs"))
         try:
@@ -116,7 +124,7 @@ class Sidecar:
         log.info("sidecar %s (%s) started; control plane %s", b.node.id, b.spiffe_id, b.xds_address)
 
     def _rotated_handler(
-        self, tls: TlsMaterial, xds: XdsClient[Snapshot]
+        self, tls: TlsMaterial, xds: XdsClient[Snapshot], node: Node
     ) -> Callable[[CertBundle, bytes], None]:
         last_chain = [b""]
 
@@ -124,6 +132,8 @@ class Sidecar:
             tls.update(bundle.chain_pem, bundle.key_pem, roots)
             if bundle.chain_pem != last_chain[0]:
                 if last_chain[0]:
+                    assert self.parts is not None
+                    node.metadata[CERT_ROOT] = self.parts.certs.root_fingerprint
                     xds.reconnect()  # the ADS channel picks up the new client cert
                 last_chain[0] = bundle.chain_pem
 

@@ -39,6 +39,7 @@ ROOT_KEY = "root-key.pem"
 TRUST_BUNDLE = "trust-bundle.pem"
 SERVER_CERT = "server-cert.pem"
 SERVER_KEY = "server-key.pem"
+SIGNING_ROOT = "signing-root"  # names the directory (under ca/) of the signing root, if not ca/
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +138,38 @@ class CertificateAuthority:
                 signer, key = _load_root(Path(root_cert_file), Path(root_key_file))
                 if not (ca_dir / ROOT_CERT).exists():
                     files.write_new(ca_dir / ROOT_CERT, _pem(signer))
+            elif (ca_dir / SIGNING_ROOT).exists():
+                signer, key = load_signing_root(ca_dir)
             else:
                 signer, key = _load_or_make_root(ca_dir)
             roots = _load_or_make_bundle(ca_dir, signer)
         return cls(trust_domain, signer, key, roots, ca_dir)
 
-    def reload_trust_bundle(self) -> None:
-        """Re-read `ca/trust-bundle.pem` (an operator added or removed a root)."""
+    def reload_trust_bundle(self) -> bool:
+        """Re-read `ca/trust-bundle.pem` (an operator added or removed a root); True if the
+        roots changed. A malformed bundle raises BundleError and the old roots stay."""
+        from hyphal.control.ca.bundle import parse_bundle
+
+        path = self._ca_dir / TRUST_BUNDLE
         with files.locked(self._ca_dir):
-            self._roots = tuple(_load_or_make_bundle(self._ca_dir, self._signer))
+            if path.exists():
+                parse_bundle(path.read_bytes(), str(path))  # refuse before touching anything
+            roots = tuple(_load_or_make_bundle(self._ca_dir, self._signer))
+        changed = roots != self._roots
+        self._roots = roots
+        return changed
+
+    def set_signer(self, signer: x509.Certificate, key: PrivateKey) -> None:
+        """Sign new workload certificates with another root (root rotation's switch step).
+
+        The caller has made sure `signer` is in the trust bundle everyone already holds.
+        """
+        if not _same_public_key(key, signer):
+            raise ValueError("the signing key does not belong to the signing certificate")
+        fresh = CertificateAuthority(self.trust_domain, signer, key, self._roots, self._ca_dir)
+        self._signer, self._signer_pem, self._key = signer, fresh._signer_pem, key
+        self._leaf_template = fresh._leaf_template
+        self._roots = (signer, *(r for r in self._roots if r != signer))
 
     # -- what others read -------------------------------------------------------------------
 
@@ -219,13 +243,15 @@ class CertificateAuthority:
         )
         return builder.sign(self._key, hashes.SHA256())
 
-    def server_credentials(self) -> ServerCredentials:
+    def server_credentials(self, *, renew: bool = False) -> ServerCredentials:
         """The control plane's serving cert in `ca/server-*.pem`, made (or renewed when
-        expiring within 30 days or signed by another root) as needed."""
+        expiring within 30 days, when its root is no longer trusted, or when `renew`) as
+        needed. A serving cert from a root still in the bundle is kept, so sidecars whose
+        bootstrap names that root keep verifying the control plane during a root rotation."""
         spiffe_id = SpiffeId(self.trust_domain, CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT)
         cert_path, key_path = self._ca_dir / SERVER_CERT, self._ca_dir / SERVER_KEY
         with files.locked(self._ca_dir):
-            current = self._load_server(cert_path, key_path)
+            current = None if renew else self._load_server(cert_path, key_path)
             if current is None:
                 key = generate_key()
                 leaf = self.issue(
@@ -272,10 +298,8 @@ class CertificateAuthority:
         if not_after(leaf) - now < SERVER_RENEW_BEFORE:
             log.info("control-plane serving certificate expires soon: renewing it")
             return None
-        try:
-            leaf.verify_directly_issued_by(self._signer)
-        except (InvalidSignature, ValueError, TypeError):
-            log.info("control-plane serving certificate was signed by another root: renewing")
+        if not any(_signed_by(leaf, root) for root in self._roots):
+            log.info("control-plane serving certificate chains to no trusted root: renewing")
             return None
         if not _same_public_key(load_private_key(key_pem), leaf):
             log.warning("%s does not match %s: renewing both", key_path.name, cert_path.name)
@@ -312,6 +336,26 @@ _ROOT_KEY_USAGE = x509.KeyUsage(
 
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _signed_by(leaf: x509.Certificate, root: x509.Certificate) -> bool:
+    if leaf.issuer != root.subject:
+        return False
+    try:
+        leaf.verify_directly_issued_by(root)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def load_signing_root(ca_dir: Path) -> tuple[x509.Certificate, PrivateKey]:
+    """The root named by `ca/signing-root` (set by `hyphal ca rotate`), e.g. `roots/2`."""
+    pointer = ca_dir / SIGNING_ROOT
+    rel = pointer.read_text(encoding="utf-8").strip()
+    where = (ca_dir / rel).resolve()
+    if not rel or ca_dir.resolve() not in where.parents:
+        raise ValueError(f"{pointer} must name a directory under {ca_dir}, not {rel!r}")
+    return _load_root(where / ROOT_CERT, where / ROOT_KEY)
 
 
 def _same_public_key(key: PrivateKey, cert: x509.Certificate) -> bool:
