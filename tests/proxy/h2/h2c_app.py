@@ -2,8 +2,9 @@
 
 Every request is answered 200 with JSON {name, protocol, method, path, authority, size,
 headers}; `/retry-after/<s>` answers 503 with `retry-after: <s>` on its first call; `/chunks`
-answers in three DATA frames without content-length. In-process: `await H2cApp.start(name)`;
-as a process: `python h2c_app.py NAME PORT` (e2e tests).
+answers in three DATA frames without content-length; `/sleep/<s>` answers after <s>
+seconds. In-process: `await H2cApp.start(name)`; as a process: `python h2c_app.py NAME PORT`
+(e2e tests).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import cast
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded
+from h2.exceptions import H2Error
 
 
 class _Conn(asyncio.Protocol):
@@ -56,11 +58,28 @@ class _Conn(asyncio.Protocol):
         pseudo = {n.decode(): v.decode() for n, v in head if n.startswith(b":")}
         path = pseudo.get(":path", "")
         self.app.requests.append((time.monotonic(), path))
+        if path.startswith("/sleep/"):
+            delay = float(path.rsplit("/", 1)[1])
+            asyncio.get_running_loop().call_later(delay, self._late, sid, head, body, path)
+            return
+        self._reply(sid, head, body, path)
+
+    def _late(self, sid: int, head: list[tuple[bytes, bytes]], body: bytes, path: str) -> None:
+        try:
+            self._reply(sid, head, body, path)
+        except H2Error:  # the client reset the stream meanwhile
+            pass
+
+    def _reply(self, sid: int, head: list[tuple[bytes, bytes]], body: bytes, path: str) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        pseudo = {n.decode(): v.decode() for n, v in head if n.startswith(b":")}
         if path.startswith("/retry-after/") and self.app.seen.get(path, 0) == 0:
             self.app.seen[path] = 1
             self.conn.send_headers(sid, [(b":status", b"503"),
                                          (b"retry-after", path.rsplit("/", 1)[1].encode())],
                                    end_stream=True)
+            self.transport.write(self.conn.data_to_send())
             return
         reply = json.dumps({
             "name": self.app.name, "protocol": "h2", "method": pseudo.get(":method"),
@@ -74,11 +93,12 @@ class _Conn(asyncio.Protocol):
             for part in (b"one,", b"two,", b"three"):
                 self.conn.send_data(sid, part)
             self.conn.end_stream(sid)
-            return
-        self.conn.send_headers(sid, [(b":status", b"200"),
-                                     (b"content-type", b"application/json"),
-                                     (b"content-length", str(len(reply)).encode())])
-        self.conn.send_data(sid, reply, end_stream=True)
+        else:
+            self.conn.send_headers(sid, [(b":status", b"200"),
+                                         (b"content-type", b"application/json"),
+                                         (b"content-length", str(len(reply)).encode())])
+            self.conn.send_data(sid, reply, end_stream=True)
+        self.transport.write(self.conn.data_to_send())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.app.connections -= 1

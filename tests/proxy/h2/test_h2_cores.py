@@ -241,3 +241,54 @@ def test_compiler_names_unsupported_protocol_options() -> None:
     legacy.http2_protocol_options.SetInParent()
     with pytest.raises(CompileError, match="http2_protocol_options: not supported"):
         compile_cluster(legacy)
+
+
+# ---------------------------------------------------------------- GOAWAY that keeps streams
+def test_graceful_connections_finish_streams_across_a_goaway() -> None:
+    from h2.events import ConnectionTerminated, ResponseReceived, StreamReset
+
+    from hyphal.proxy.h2.endpoint import GracefulH2Connection
+
+    server = GracefulH2Connection(H2Configuration(client_side=False, header_encoding=None))
+    client = GracefulH2Connection(H2Configuration(client_side=True, header_encoding=None))
+    server.initiate_connection()
+    client.initiate_connection()
+    request = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+               (b":authority", b"x")]
+    client.send_headers(1, request, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.goaway(1)  # first: no stream above 1 will be served
+    events = client.receive_data(server.data_to_send())
+    assert [e.last_stream_id for e in events if isinstance(e, ConnectionTerminated)] == [1]
+    # stream 1 still completes in both directions, and the peer may still send
+    server.send_headers(1, [(b":status", b"200")])
+    server.send_data(1, b"done", end_stream=True)
+    events = client.receive_data(server.data_to_send())
+    assert any(isinstance(e, ResponseReceived) for e in events)
+    assert any(isinstance(e, DataReceived) and e.data == b"done" for e in events)
+    client.send_headers(3, request, end_stream=True)  # a stream it should not have sent...
+    events = server.receive_data(client.data_to_send())
+    assert any(isinstance(e, RequestReceived) for e in events)  # ...the server refuses it
+    server.reset_stream(3, 7)
+    assert any(isinstance(e, StreamReset) for e in client.receive_data(server.data_to_send()))
+
+
+def test_compiler_reads_connection_keepalive() -> None:
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+    c = build_cluster("c", http2=True)
+    key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    hpo = http_protocol_options_pb2.HttpProtocolOptions()
+    c.typed_extension_protocol_options[key].Unpack(hpo)
+    ka = hpo.explicit_http_config.http2_protocol_options.connection_keepalive
+    ka.interval.FromMilliseconds(30_000)
+    ka.timeout.FromMilliseconds(5_000)
+    ka.interval_jitter.value = 10
+    c.typed_extension_protocol_options[key].Pack(hpo)
+    keepalive = compile_cluster(c).spec.h2_keepalive
+    assert keepalive is not None
+    assert (keepalive.interval_s, keepalive.timeout_s, keepalive.jitter) == (30.0, 5.0, 0.1)
+    ka.connection_idle_interval.FromMilliseconds(1)
+    c.typed_extension_protocol_options[key].Pack(hpo)
+    with pytest.raises(CompileError, match="connection_idle_interval: not supported"):
+        compile_cluster(c)

@@ -18,15 +18,21 @@ from typing import Any
 
 import httpx
 import pytest
+from h2.config import H2Configuration
+from h2.errors import ErrorCodes
+from h2.events import ConnectionTerminated, ResponseReceived, StreamReset
 from h2c_app import H2cApp
 
 from hyphal.proxy.dataplane import DataPlane
+from hyphal.proxy.h2.endpoint import GracefulH2Connection
+from hyphal.proxy.h2.upstream import H2Pool
 from hyphal.proxy.runtime.holder import ConfigHolder
 from hyphal.proxy.runtime.tables import (
     CircuitBreaker,
     ClusterAction,
     ClusterSpec,
     EndpointSpec,
+    H2Keepalive,
     ListenerKind,
     ListenerSpec,
     MirrorPolicy,
@@ -91,6 +97,7 @@ def h1_app() -> Iterator[int]:
 H2_CLUSTER = "outbound|80||web.demo.svc.cluster.local"
 H1_CLUSTER = "outbound|80||legacy.demo.svc.cluster.local"
 SHADOW_CLUSTER = "outbound|80||shadow.demo.svc.cluster.local"
+NARROW_CLUSTER = "outbound|80||narrow.demo.svc.cluster.local"
 
 
 async def _plane(clusters: dict[str, ClusterSpec], routes: tuple[Route, ...],
@@ -118,6 +125,11 @@ async def web(h1_app: int) -> AsyncIterator[dict[str, Any]]:
                                 circuit_breaker=CircuitBreaker(max_connections=1,
                                                                max_pending_requests=1)),
         H1_CLUSTER: ClusterSpec(H1_CLUSTER, (EndpointSpec("127.0.0.1", h1_app),)),
+        # one connection of one stream, one pending request: the breakers' smallest shape
+        NARROW_CLUSTER: ClusterSpec(NARROW_CLUSTER, (EndpointSpec("127.0.0.1", app.port),),
+                                    http2=True, max_concurrent_streams=1, connect_timeout_s=1.0,
+                                    circuit_breaker=CircuitBreaker(max_connections=1,
+                                                                   max_pending_requests=1)),
         SHADOW_CLUSTER: ClusterSpec(SHADOW_CLUSTER, (EndpointSpec("127.0.0.1", shadow.port),),
                                     http2=True),
     }
@@ -127,6 +139,7 @@ async def web(h1_app: int) -> AsyncIterator[dict[str, Any]]:
         Route("legacy", _prefix("/legacy"), ClusterAction.single(H1_CLUSTER)),
         Route("mirrored", _prefix("/mirrored"), ClusterAction.single(H2_CLUSTER),
               mirrors=(MirrorPolicy(SHADOW_CLUSTER, 1.0),)),
+        Route("narrow", _prefix("/sleep/"), ClusterAction.single(NARROW_CLUSTER)),
         Route("web", RouteMatch(), ClusterAction.single(H2_CLUSTER)),
     )
     plane, port = await _plane(clusters, routes, stats)
@@ -149,3 +162,125 @@ async def test_plain_h2_retry_honours_retry_after(web: dict[str, Any]) -> None:
     assert resp.status_code == 200 and resp.http_version == "HTTP/2"
     (first, _), (second, _) = web["app"].requests
     assert second - first >= 0.95  # the upstream's Retry-After, not the 25 ms backoff
+
+
+async def test_h2_pool_keeps_max_connections_and_max_pending_requests(
+        web: dict[str, Any]) -> None:
+    async with _h2c(web["port"]) as client:
+        replies = await asyncio.gather(
+            client.get("/sleep/0.3"),  # the one stream of the one connection
+            client.get("/sleep/0.31"),  # pending: waits for it, then runs
+            client.get("/sleep/0.32"),  # beyond max_pending_requests
+        )
+    codes = sorted(r.status_code for r in replies)
+    assert codes == [200, 200, 503], [(r.status_code, r.text) for r in replies]
+    refused = next(r for r in replies if r.status_code == 503)
+    assert refused.headers["x-hyphal-reason"] == "pending_overflow"
+    assert web["app"].connections == 1
+    assert web["stats"].labeled("hyphal_upstream_rq_overflow_total", (
+        ("cluster", NARROW_CLUSTER), ("reason", "pending_overflow"))) == 1
+
+
+async def test_pending_request_times_out_when_no_stream_ends(web: dict[str, Any]) -> None:
+    async with _h2c(web["port"]) as client:
+        first = asyncio.ensure_future(client.get("/sleep/1.5"))
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        second = await client.get("/sleep/0")
+        waited = time.monotonic() - t0
+        assert (await first).status_code == 200
+    assert second.status_code == 503 and second.headers["x-hyphal-reason"] == "pending_timeout"
+    assert 0.9 <= waited < 1.4  # the cluster's 1 s connect timeout bounds the wait
+
+
+# ---------------------------------------------------------------- liveness of pooled connections
+async def _silent_server() -> asyncio.Server:
+    """Accepts TCP and never answers: an upstream that hangs without closing."""
+    return await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0)
+
+
+async def test_keepalive_ping_closes_a_silent_connection_and_keeps_a_live_one() -> None:
+    silent = await _silent_server()
+    app = await H2cApp.start("alive")
+    stats = Stats()
+    pool = H2Pool(None, stats)
+    keepalive = H2Keepalive(interval_s=0.1, timeout_s=0.15, jitter=0.0)
+    dead_spec = ClusterSpec("dead", (EndpointSpec("127.0.0.1",
+                                                  silent.sockets[0].getsockname()[1]),),
+                            http2=True, h2_keepalive=keepalive)
+    live_spec = ClusterSpec("live", (EndpointSpec("127.0.0.1", app.port),), http2=True,
+                            h2_keepalive=keepalive)
+    try:
+        dead, _ = await pool.acquire(dead_spec.endpoints[0], dead_spec, 1.0)
+        live, _ = await pool.acquire(live_spec.endpoints[0], live_spec, 1.0)
+        await asyncio.sleep(0.6)
+        assert dead.closed and pool.connections("dead") == 0
+        assert stats.counter("hyphal_upstream_cx_keepalive_timeout", "dead") == 1
+        assert not live.closed and pool.connections("live") == 1  # its PINGs were answered
+    finally:
+        pool.close_all()
+        silent.close()
+        app.close()
+
+
+async def test_idle_sweep_closes_connections_without_a_request_looking() -> None:
+    app = await H2cApp.start("idle")
+    pool = H2Pool(None, Stats())
+    spec = ClusterSpec("idle", (EndpointSpec("127.0.0.1", app.port),), http2=True,
+                       idle_timeout_s=0.2)
+    try:
+        conn, _ = await pool.acquire(spec.endpoints[0], spec, 1.0)
+        await asyncio.sleep(0.1)
+        assert not conn.closed and app.connections == 1
+        await asyncio.sleep(0.4)
+        assert conn.closed and pool.connections("idle") == 0
+        assert app.connections == 0
+    finally:
+        pool.close_all()
+        app.close()
+
+
+# ---------------------------------------------------------------- drain
+async def test_drain_sends_goaway_first_and_finishes_streams_in_flight(
+        web: dict[str, Any]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", web["port"])
+    client = GracefulH2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    request = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"web")]
+    client.send_headers(1, [*request, (b":path", b"/sleep/0.4")], end_stream=True)
+    writer.write(client.data_to_send())
+    seen: list[tuple[str, int]] = []
+    drained = asyncio.ensure_future(asyncio.sleep(0.15))
+    drain: asyncio.Future[None] | None = None
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                if drain is None and drained.done():
+                    drain = asyncio.ensure_future(web["plane"].drain(3.0))
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), 0.05)
+                except TimeoutError:
+                    continue
+                if not data:
+                    seen.append(("eof", 0))
+                    break
+                for event in client.receive_data(data):
+                    if isinstance(event, ConnectionTerminated):
+                        seen.append(("goaway", event.last_stream_id or 0))
+                        if len(seen) == 1:  # sent after the GOAWAY: refused, never routed
+                            client.send_headers(3, [*request, (b":path", b"/late")],
+                                                end_stream=True)
+                    elif isinstance(event, ResponseReceived):
+                        seen.append(("response", event.stream_id))
+                    elif isinstance(event, StreamReset):
+                        seen.append(("refused" if event.error_code == ErrorCodes.REFUSED_STREAM
+                                     else "reset", event.stream_id))
+                writer.write(client.data_to_send())
+    finally:
+        writer.close()
+        if drain is not None:
+            await drain
+    assert seen[0] == ("goaway", 1), seen
+    assert ("refused", 3) in seen and ("response", 1) in seen and seen[-1] == ("eof", 0)
+    assert seen.index(("goaway", 1)) < seen.index(("response", 1))
+    assert [p for _, p in web["app"].requests] == ["/sleep/0.4"]

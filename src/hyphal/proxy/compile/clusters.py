@@ -18,6 +18,7 @@ from hyphal.proxy.runtime.tables import (
     CircuitBreaker,
     ClusterSpec,
     EndpointSpec,
+    H2Keepalive,
     HealthCheckSpec,
     LbPolicy,
     OutlierSpec,
@@ -104,7 +105,7 @@ def compile_cluster(c: cluster_pb2.Cluster) -> CompiledCluster:
             idle = seconds(o.idle_timeout) or None
         if o.HasField("max_requests_per_connection"):
             max_req = o.max_requests_per_connection.value or None
-    http2, max_streams, proto_idle = _http2(c, w)
+    http2, (max_streams, keepalive), proto_idle = _http2(c, w)
     if proto_idle is not None:
         idle = proto_idle or None
     labels = hyphal_metadata(c.metadata, w, "metadata")
@@ -131,24 +132,40 @@ def compile_cluster(c: cluster_pb2.Cluster) -> CompiledCluster:
         service=_service(c.name, labels),
         http2=http2,
         max_concurrent_streams=max_streams,
+        h2_keepalive=keepalive,
     )
     return CompiledCluster(spec, eds_name)
 
 
-def _http2_options(o: protocol_pb2.Http2ProtocolOptions, w: Where, path: str) -> int:
-    """Accepted Http2ProtocolOptions fields; returns max_concurrent_streams (default 100)."""
+def _http2_options(o: protocol_pb2.Http2ProtocolOptions, w: Where,
+                   path: str) -> tuple[int, H2Keepalive | None]:
+    """Accepted Http2ProtocolOptions fields: (max_concurrent_streams (default 100),
+    connection_keepalive)."""
     w.only(o, {"max_concurrent_streams", "initial_stream_window_size",
-               "initial_connection_window_size"}, path)
+               "initial_connection_window_size", "connection_keepalive"}, path)
+    streams = 100
     if o.HasField("max_concurrent_streams"):
-        value = o.max_concurrent_streams.value
-        if value < 1:
+        streams = o.max_concurrent_streams.value
+        if streams < 1:
             raise w.error(join(path, "max_concurrent_streams"), "must be >= 1")
-        return int(value)
-    return 100
+    keepalive: H2Keepalive | None = None
+    if o.HasField("connection_keepalive"):
+        k = o.connection_keepalive
+        kpath = join(path, "connection_keepalive")
+        w.only(k, {"interval", "timeout", "interval_jitter"}, kpath)
+        timeout = seconds(k.timeout)
+        if timeout < 0.001:
+            raise w.error(join(kpath, "timeout"), "must be at least 1ms")
+        interval = seconds(k.interval) if k.HasField("interval") else 0.0
+        jitter = k.interval_jitter.value / 100 if k.HasField("interval_jitter") else 0.15
+        if interval > 0:  # Envoy: no interval, no periodic PINGs
+            keepalive = H2Keepalive(interval, timeout, jitter)
+    return int(streams), keepalive
 
 
-def _http2(c: cluster_pb2.Cluster, w: Where) -> tuple[bool, int, float | None]:
-    """(http2, max concurrent streams, idle timeout or None) from
+def _http2(c: cluster_pb2.Cluster,
+           w: Where) -> tuple[bool, tuple[int, H2Keepalive | None], float | None]:
+    """(http2, (max concurrent streams, keepalive), idle timeout or None) from
     `typed_extension_protocol_options[HTTP_OPTIONS]` (explicit_http_config); the deprecated
     Cluster.http2_protocol_options is refused by `w.only` above, naming the field."""
     opts = c.typed_extension_protocol_options
@@ -157,7 +174,7 @@ def _http2(c: cluster_pb2.Cluster, w: Where) -> tuple[bool, int, float | None]:
             raise w.error(f"typed_extension_protocol_options[{key}]",
                           f"not supported (only {HTTP_OPTIONS})")
     if HTTP_OPTIONS not in opts:
-        return False, 100, None
+        return False, (100, None), None
     path = f"typed_extension_protocol_options[{HTTP_OPTIONS}]"
     hpo = w.unpack(opts[HTTP_OPTIONS], http_protocol_options_pb2.HttpProtocolOptions, path)
     w.only(hpo, {"explicit_http_config", "common_http_protocol_options"}, path)
@@ -178,7 +195,7 @@ def _http2(c: cluster_pb2.Cluster, w: Where) -> tuple[bool, int, float | None]:
                                     join(epath, "http2_protocol_options")), idle
     if kind == "http_protocol_options":
         w.only(ehc.http_protocol_options, set(), join(epath, "http_protocol_options"))
-        return False, 100, idle
+        return False, (100, None), idle
     raise w.error(epath, f"{kind or 'no protocol'} is not supported (HTTP/1.1 or HTTP/2)")
 
 

@@ -14,9 +14,9 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
@@ -32,6 +32,31 @@ _Item = tuple[H2Headers | None, bytes, bool, OnSent | None]
 WINDOW = 1 << 20  # our receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE)
 CONNECTION_WINDOW = 16 << 20
 MAX_STREAMS = 1024
+
+
+class GracefulH2Connection(H2Connection):
+    """An H2Connection that keeps working after a GOAWAY, in both directions.
+
+    The `h2` library moves the whole connection to CLOSED when it sends or receives a GOAWAY,
+    after which every frame of the streams still in flight is a ProtocolError. RFC 9113
+    section 6.8 says those streams complete normally: only streams above the GOAWAY's
+    last-stream-id are refused. So a received GOAWAY is reported (ConnectionTerminated) and
+    the state put back, and `goaway()` sends one without closing; the callers stop opening
+    (or accepting) new streams themselves. `close_connection()` still closes for good.
+    """
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        state = self.state_machine.state
+        result = super()._receive_goaway_frame(frame)
+        if state is not ConnectionState.CLOSED:
+            self.state_machine.state = state
+        return result
+
+    def goaway(self, last_stream_id: int, error_code: ErrorCodes = ErrorCodes.NO_ERROR) -> None:
+        """Queue a GOAWAY naming the last stream that will be processed; stay open."""
+        state = self.state_machine.state
+        self.close_connection(error_code, last_stream_id=last_stream_id)
+        self.state_machine.state = state
 
 
 class H2Endpoint(asyncio.Protocol):

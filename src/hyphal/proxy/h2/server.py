@@ -13,7 +13,6 @@ import time
 from typing import cast
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -26,7 +25,7 @@ from h2.events import (
 )
 from h2.exceptions import H2Error
 
-from hyphal.proxy.h2.endpoint import H2Endpoint
+from hyphal.proxy.h2.endpoint import GracefulH2Connection, H2Endpoint
 from hyphal.proxy.h2.grpc import H2Headers
 from hyphal.proxy.h2.stream import H2Exchange
 from hyphal.proxy.http.context import ListenerContext
@@ -37,7 +36,8 @@ log = logging.getLogger(__name__)
 
 class H2Downstream(H2Endpoint):
     def __init__(self, ctx: ListenerContext, default_authority: str = "") -> None:
-        super().__init__(H2Connection(H2Configuration(client_side=False, header_encoding=None)))
+        super().__init__(GracefulH2Connection(H2Configuration(client_side=False,
+                                                              header_encoding=None)))
         self.ctx = ctx
         self.default_authority = default_authority
         self.streams: dict[int, H2Exchange] = {}
@@ -101,7 +101,10 @@ class H2Downstream(H2Endpoint):
                 else:
                     self.pump_all()
             elif isinstance(event, ConnectionTerminated):
-                self.close()
+                # The client is going away: its streams in flight still get their answers.
+                self._draining = True
+                if not self.streams:
+                    self.close()
         self.flush()
 
     def _on_request(self, stream_id: int, headers: H2Headers, ended: bool) -> None:
@@ -148,12 +151,18 @@ class H2Downstream(H2Endpoint):
             self.transport.abort()
 
     def drain(self) -> None:
-        """New streams are refused (REFUSED_STREAM: the client may retry them elsewhere); the
-        connection closes with GOAWAY once the streams in flight have finished (h2 sends
-        nothing after a GOAWAY, so it cannot come first)."""
+        """GOAWAY first, naming the last stream that will be served (the client opens no
+        new streams here and retries later ones elsewhere); streams that still arrive are
+        refused (REFUSED_STREAM); the streams in flight finish, then the connection closes."""
         if self._draining or self.closed:
             return
         self._draining = True
+        try:
+            conn = cast(GracefulH2Connection, self.conn)
+            conn.goaway(conn.highest_inbound_stream_id)
+        except H2Error:
+            pass
+        self.flush()
         if not self.streams:
             self.close()
 

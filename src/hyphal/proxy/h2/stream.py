@@ -25,7 +25,7 @@ from hyphal.proxy.h2 import grpc
 from hyphal.proxy.h2.grpc import H2Headers
 from hyphal.proxy.h2.headers import upstream_block, with_deadline
 from hyphal.proxy.h2.relay import Downstream, H2Relay, Outcome, h2_pool, log
-from hyphal.proxy.h2.upstream import H2Upstream
+from hyphal.proxy.h2.upstream import H2Pool, H2Upstream
 from hyphal.proxy.http.headers import header_map
 from hyphal.proxy.http.request import redirect_location
 from hyphal.proxy.resilience.backoff import Backoff, FailureKind
@@ -34,6 +34,7 @@ from hyphal.proxy.runtime.tables import (
     ClusterAction,
     ClusterSpec,
     DirectResponse,
+    EndpointSpec,
     LbPolicy,
     RedirectAction,
     Route,
@@ -194,7 +195,9 @@ class H2Exchange(H2Relay):
             try:
                 conn = pool.ready(endpoint, spec)
                 if conn is None:
-                    conn, _reused = await pool.acquire(endpoint, spec, timeout)
+                    conn = await self._connection(pool, runtime, endpoint, spec, timeout)
+                    if conn is None:
+                        return  # answered: pending overflow or timeout
             except ConnectFailure as failure:
                 runtime.record(endpoint.address, FailureKind.CONNECT_FAILURE, time.monotonic())
                 last_reason = failure.reason
@@ -237,6 +240,39 @@ class H2Exchange(H2Relay):
                     return
             await self._backoff(backoff, round_, deadline)
             round_ += 1
+
+    async def _connection(self, pool: H2Pool, runtime: ClusterRuntime, endpoint: EndpointSpec,
+                          spec: ClusterSpec, timeout_s: float) -> H2Upstream | None:
+        """A connection with room for a stream, within the cluster's max_connections; past
+        it, wait as a pending request for a stream to end (max_pending_requests; beyond
+        that 503 pending_overflow, and pending_timeout when none ends in time)."""
+        limit = spec.circuit_breaker.max_connections
+        until = time.monotonic() + timeout_s
+        pending = False
+        try:
+            while True:
+                conn = pool.ready(endpoint, spec)
+                if conn is not None:
+                    return conn
+                if pool.connections(spec.name) < limit or pool.close_one_idle(spec.name):
+                    conn, _ = await pool.acquire(endpoint, spec,
+                                                 max(until - time.monotonic(), 0.001))
+                    if conn.has_room():
+                        return conn
+                    continue  # a shared connect, filled by others first
+                if not pending:
+                    if not runtime.breaker.admit_pending():
+                        runtime.overflow("pending_overflow")
+                        self._local(503, "pending_overflow")
+                        return None
+                    pending = True
+                if not await pool.wait_for_room(spec.name, until - time.monotonic()):
+                    runtime.overflow("pending_timeout")
+                    self._local(503, "pending_timeout")
+                    return None
+        finally:
+            if pending:
+                runtime.breaker.release_pending()
 
     async def _attempt(self, conn: H2Upstream, block: H2Headers,
                        deadline: float | None) -> Outcome:

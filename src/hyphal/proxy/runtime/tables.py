@@ -407,6 +407,16 @@ class HealthCheckSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class H2Keepalive:
+    """Envoy's http2_protocol_options.connection_keepalive: a PING every `interval_s` (plus
+    up to `jitter` of it), the connection closed when nothing comes back within `timeout_s`."""
+
+    interval_s: float
+    timeout_s: float
+    jitter: float = 0.15
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSpec:
     name: str
     endpoints: tuple[EndpointSpec, ...]
@@ -427,6 +437,7 @@ class ClusterSpec:
     # `h2` over TLS, prior knowledge (h2c) in plaintext; streams share one connection.
     http2: bool = False
     max_concurrent_streams: int = 100
+    h2_keepalive: H2Keepalive | None = None
 
 
 # ---------------------------------------------------------------- listeners
