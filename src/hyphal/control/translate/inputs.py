@@ -18,6 +18,8 @@ from hyphal.config.models import (
     GatewayGRPCRoute,
     GatewayHTTPRoute,
     PeerAuthentication,
+    RateLimitPolicy,
+    RequestAuthentication,
     Service,
     ServiceEntry,
     VirtualService,
@@ -102,6 +104,8 @@ class MeshIndex:
     service_entries: tuple[ServiceEntry, ...]
     http_routes: tuple[GatewayHTTPRoute, ...] = ()  # GAMMA: attached to Services
     grpc_routes: tuple[GatewayGRPCRoute, ...] = ()
+    request_authentications: tuple[RequestAuthentication, ...] = ()
+    rate_limit_policies: tuple[RateLimitPolicy, ...] = ()
 
     @classmethod
     def build(cls, resources: Iterable[Any]) -> MeshIndex:
@@ -141,6 +145,8 @@ class MeshIndex:
             service_entries=entries,
             http_routes=of(GatewayHTTPRoute),
             grpc_routes=of(GatewayGRPCRoute),
+            request_authentications=of(RequestAuthentication),
+            rate_limit_policies=of(RateLimitPolicy),
         )
 
     def resolve_host(self, host: str, namespace: str) -> str:

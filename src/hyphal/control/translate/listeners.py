@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+
 from hyphal.control.translate import naming
 from hyphal.control.translate.pb import (
     Message,
@@ -158,6 +160,15 @@ def inbound_route_config(name: str, cluster: str) -> Message:
     )
 
 
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+
+
+def _tls_inspector() -> Message:
+    return listener_components_pb2.ListenerFilter(
+        name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
+    )
+
+
 def inbound_listener(
     port: int,
     inbound_port: int,
@@ -167,13 +178,19 @@ def inbound_listener(
     deny: Message | None = None,
     allow: Message | None = None,
     ip: str = "127.0.0.1",
+    permissive: bool = False,
+    request_filters: Sequence[Message] = (),
 ) -> Message:
-    """`inbound|<port>`: (m)TLS termination, rbac DENY then ALLOW, then the local app."""
+    """`inbound|<port>`: (m)TLS termination, request filters (jwt_authn, local_ratelimit),
+    rbac DENY then ALLOW, then the local app. `permissive` (PeerAuthentication PERMISSIVE, with
+    `tls`): tls_inspector and two filter chains, mTLS (`transport_protocol: tls`) and
+    plaintext (`raw_buffer`), with the same filters."""
     name = naming.inbound_listener(port)
     cluster = naming.inbound_cluster(port)
     filters: list[Message] = []
     if http:
-        http_filters = [http_rbac_filter(r) for r in (deny, allow) if r is not None]
+        http_filters = list(request_filters)
+        http_filters += [http_rbac_filter(r) for r in (deny, allow) if r is not None]
         http_filters.append(router_filter())
         hcm = http_connection_manager(
             name, http_filters, route_config=inbound_route_config(name, cluster)
@@ -185,8 +202,18 @@ def inbound_listener(
     chain = listener_components_pb2.FilterChain(filters=filters)
     if tls:
         chain.transport_socket.CopyFrom(downstream_tls())
+    if not (tls and permissive):
+        return listener_pb2.Listener(
+            name=name, address=_address(ip, inbound_port), filter_chains=[chain]
+        )
+    chain.filter_chain_match.transport_protocol = "tls"
+    plain = listener_components_pb2.FilterChain(filters=filters)
+    plain.filter_chain_match.transport_protocol = "raw_buffer"
     return listener_pb2.Listener(
-        name=name, address=_address(ip, inbound_port), filter_chains=[chain]
+        name=name,
+        address=_address(ip, inbound_port),
+        listener_filters=[_tls_inspector()],
+        filter_chains=[chain, plain],
     )
 
 

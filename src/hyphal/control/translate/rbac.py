@@ -23,6 +23,7 @@ from hyphal.control.translate import naming
 from hyphal.control.translate.pb import (
     Message,
     address_pb2,
+    metadata_matcher_pb2,
     path_pb2,
     rbac_pb2,
     regex_pb2,
@@ -73,6 +74,26 @@ def namespace_id(value: str) -> Message:
     return Principal(authenticated=Principal.Authenticated(principal_name=m))
 
 
+AUTHN_METADATA = "istio_authn"  # Istio's metadata namespace for request authentication
+
+
+def request_auth_id(path: Sequence[str], value: str, *, as_list: bool = False) -> Message:
+    """A match on the verified JWT (Istio's `istio_authn` metadata): `path` is
+    `request.auth.principal`, `request.auth.audiences` or `request.auth.claims`, <name>..."""
+    vm = metadata_matcher_pb2.MetadataMatcher
+    matcher = vm(filter=AUTHN_METADATA, path=[vm.PathSegment(key=k) for k in path])
+    if as_list:
+        matcher.value.list_match.one_of.string_match.CopyFrom(glob_matcher(value))
+    else:
+        matcher.value.string_match.CopyFrom(glob_matcher(value))
+    return Principal(metadata=matcher)
+
+
+def request_principal_id(value: str) -> Message:
+    """`requestPrincipals` / `request.auth.principal`: `<iss>/<sub>`, globbed."""
+    return request_auth_id(("request.auth.principal",), value)
+
+
 def _cidr(block: str) -> Message:
     ip, _, plen = block.partition("/")
     bits = int(plen) if plen else (128 if ":" in ip else 32)
@@ -115,11 +136,15 @@ def _path_perm(value: str) -> Message:
     return Permission(url_path=path_pb2.PathMatcher(path=glob_matcher(value)))
 
 
-def source_principal(src: PeerSource) -> Message:
-    """One `from[].source`: all its fields must hold."""
+def source_principal(src: PeerSource, *, tcp: bool = False) -> Message:
+    """One `from[].source`: all its fields must hold (request principals, HTTP-only, are
+    left out when `tcp`)."""
     fields: list[Message] = []
+    request_principals = ((), ()) if tcp else (src.request_principals,
+                                                src.not_request_principals)
     pairs = (
         (src.principals, src.not_principals, principal_id),
+        (*request_principals, request_principal_id),
         (src.namespaces, src.not_namespaces, namespace_id),
         (src.ip_blocks, src.not_ip_blocks, lambda b: Principal(direct_remote_ip=_cidr(b))),
     )
@@ -164,7 +189,9 @@ def _http_only(rule: Rule) -> bool:
         o.hosts or o.not_hosts or o.methods or o.not_methods or o.paths or o.not_paths for o in ops
     ):
         return True
-    return any(c.header_name is not None for c in rule.when)
+    if any(f.source.request_principals or f.source.not_request_principals for f in rule.from_):
+        return True
+    return any(c.http_only for c in rule.when)
 
 
 def _condition_id(c: Condition) -> Message:
@@ -175,6 +202,13 @@ def _condition_id(c: Condition) -> Message:
             return principal_id(v)
         if c.key == "source.namespace":
             return namespace_id(v)
+        if c.key == "request.auth.principal":
+            return request_principal_id(v)
+        if c.key == "request.auth.audiences":
+            return request_auth_id(("request.auth.audiences",), v, as_list=True)
+        claim = c.claim_path
+        if claim is not None:
+            return request_auth_id(("request.auth.claims", *claim), v, as_list=True)
         return _header_id(header, v)
 
     fields: list[Message] = []
@@ -189,11 +223,11 @@ def rule_policy(rule: Rule, *, tcp: bool) -> Message:
     """One Istio rule -> one Envoy Policy (permissions: the `to`s; principals: `from` + `when`)."""
     principals: list[Message] = []
     if rule.from_:
-        principals.append(_or_ids([source_principal(f.source) for f in rule.from_]))
+        principals.append(_or_ids([source_principal(f.source, tcp=tcp) for f in rule.from_]))
     if not tcp:
         principals += [_condition_id(c) for c in rule.when]
     else:
-        principals += [_condition_id(c) for c in rule.when if c.header_name is None]
+        principals += [_condition_id(c) for c in rule.when if not c.http_only]
     permission = (
         _or_rules([operation_permission(t.operation, tcp=tcp) for t in rule.to])
         if rule.to

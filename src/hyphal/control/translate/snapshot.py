@@ -16,6 +16,8 @@ from hyphal.config.models.virtual_service import Destination, HTTPMatchRequest
 from hyphal.control.registry.model import RegistryView
 from hyphal.control.registry.node import NodePort, ProxyNode
 from hyphal.control.translate import gateway_api, naming, rbac
+from hyphal.control.translate import jwt as jwt_translate
+from hyphal.control.translate import ratelimit as ratelimit_translate
 from hyphal.control.translate.clusters import build_cluster, build_static_cluster
 from hyphal.control.translate.endpoints import build_cla
 from hyphal.control.translate.inputs import MeshIndex, ServiceInfo, visible
@@ -172,8 +174,9 @@ def _tcp_cluster(index: MeshIndex, node: ProxyNode, svc: ServiceInfo, port: int)
     return default
 
 
-def _mtls(index: MeshIndex, node: ProxyNode, port: NodePort) -> bool:
-    """PeerAuthentication for a workload port: workload > namespace > mesh; DISABLE -> no TLS."""
+def _mtls(index: MeshIndex, node: ProxyNode, port: NodePort) -> str:
+    """PeerAuthentication mode for a workload port: workload > namespace > mesh (STRICT when
+    nothing says otherwise): STRICT, PERMISSIVE (mTLS or plaintext) or DISABLE."""
 
     def applies(pa: PeerAuthentication) -> bool:
         sel = pa.spec.selector
@@ -202,8 +205,8 @@ def _mtls(index: MeshIndex, node: ProxyNode, port: NodePort) -> bool:
         if mode in (None, "UNSET") and pa.spec.mtls is not None:
             mode = pa.spec.mtls.mode
         if mode not in (None, "UNSET"):
-            return mode != "DISABLE"
-    return True
+            return str(mode)
+    return "STRICT"
 
 
 def _sidecar(
@@ -265,18 +268,33 @@ def _sidecar(
         for p in index.authorization_policies
         if rbac.selects(p, node.namespace, dict(node.labels))
     ]
+    labels = dict(node.labels)
+    request_filters = [  # inbound HTTP, before rbac: jwt_authn, then local_ratelimit
+        f
+        for f in (
+            jwt_translate.for_workload(index.request_authentications, node.namespace, labels, {}),
+            ratelimit_translate.for_workload(
+                index.rate_limit_policies, index, node.namespace, node.workload_name, labels,
+                trust_domain,
+            ),
+        )
+        if f is not None
+    ]
     for np in node.ports:
         if not np.inbound_port:
             continue
         http = np.protocol in ("HTTP", "HTTP2", "GRPC")
+        mode = _mtls(index, node, np)
         out[naming.LISTENER_TYPE][naming.inbound_listener(np.port)] = inbound_listener(
             np.port,
             np.inbound_port,
             http=http,
-            tls=_mtls(index, node, np),
+            tls=mode != "DISABLE",
             deny=rbac.build_rbac(policies, "DENY", tcp=not http),
             allow=rbac.build_rbac(policies, "ALLOW", tcp=not http),
             ip=node.instance_ip,
+            permissive=mode == "PERMISSIVE",
+            request_filters=request_filters if http else (),
         )
         cname = naming.inbound_cluster(np.port)
         out[naming.CLUSTER_TYPE][cname] = build_static_cluster(

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from hyphal.control.jwks import JwksResolver
 from hyphal.control.registry.node import NodeMetadataError, ProxyNode
 from hyphal.control.registry.registry import Registry
 from hyphal.control.translate import naming
@@ -46,7 +47,10 @@ class MeshSnapshotSource:
         self._cache_size = cache_size
         self._refs: dict[str, int] = {}
         self._resources_version = 1
-        self._index = MeshIndex.build(resources)
+        # jwksUri keys are fetched here and inlined before translation (hyphal.control.jwks)
+        self._jwks = JwksResolver(on_change=self._jwks_changed)
+        self._raw = list(resources)
+        self._index = MeshIndex.build(self._jwks.resolve(self._raw))
         self.translations = 0  # translations actually run (cache misses), for tests and status
         self._registry = registry if registry is not None else Registry(trust_domain=trust_domain)
         records, static = self._index.registry_inputs()
@@ -94,14 +98,21 @@ class MeshSnapshotSource:
 
     def update_resources(self, resources: Iterable[Any]) -> None:
         """New user resources (a ResourceSet): re-index, refresh the registry, notify."""
-        index = MeshIndex.build(resources)
+        raw = list(resources)
+        index = MeshIndex.build(self._jwks.resolve(raw))
         with self._lock:
+            self._raw = raw
             self._index = index
             self._resources_version += 1
             self._cache.clear()
         records, static = index.registry_inputs()
         self._registry.set_services(records, static)  # notifies if endpoints changed
         self._changed()
+
+    def _jwks_changed(self) -> None:
+        with self._lock:
+            raw = self._raw
+        self.update_resources(raw)
 
     def update_ca_bundle(self, ca_bundle: bytes) -> None:
         with self._lock:
