@@ -116,20 +116,31 @@ def iso_time(epoch: float) -> str:
     return f"{_second_cache[1]}.{int((epoch - whole) * 1000):03d}Z"
 
 
+_MIDDLE: dict[tuple[str, str, str, str, str, str, str], str] = {}
+
+
 def http_line(start_wall: float, request_id: str, method: str, authority: str, path: str,
               protocol: str, peer: str, identity: str, listener: str, route: str,
               cluster: str, upstream: str, status: int, reason: str, bytes_in: int,
               bytes_out: int, duration_ms: float, upstream_ms: float | None) -> bytes:
     """One HTTP access-log line with the `FIELDS` keys in order: the same JSON as `log`
-    builds from a dict, in one format call (the request path's encoder)."""
+    builds from a dict, in one format call (the request path's encoder). The run of fields
+    that repeat from request to request (protocol to upstream host) is encoded once and
+    cached."""
     q = _quote
+    key = (protocol, peer, identity, listener, route, cluster, upstream)
+    middle = _MIDDLE.get(key)
+    if middle is None:
+        if len(_MIDDLE) > 4096:
+            _MIDDLE.clear()
+        middle = _MIDDLE[key] = (
+            f'"protocol":{q(protocol)},"downstream_peer":{q(peer)},'
+            f'"downstream_identity":{q(identity)},"listener":{q(listener)},'
+            f'"route":{q(route)},"cluster":{q(cluster)},"upstream_host":{q(upstream)},')
     return (
         f'{{"start_time":"{iso_time(start_wall)}","request_id":{q(request_id)},'
-        f'"method":{q(method)},"authority":{q(authority)},"path":{q(path)},'
-        f'"protocol":{q(protocol)},"downstream_peer":{q(peer)},'
-        f'"downstream_identity":{q(identity)},"listener":{q(listener)},"route":{q(route)},'
-        f'"cluster":{q(cluster)},"upstream_host":{q(upstream)},"status":{status},'
-        f'"reason":{q(reason)},"bytes_received":{bytes_in},"bytes_sent":{bytes_out},'
-        f'"duration_ms":{round(duration_ms, 3)!r},"upstream_service_time_ms":'
-        f'{"null" if upstream_ms is None else repr(round(upstream_ms, 3))}}}\n'
+        f'"method":{q(method)},"authority":{q(authority)},"path":{q(path)},{middle}'
+        f'"status":{status},"reason":{q(reason)},"bytes_received":{bytes_in},'
+        f'"bytes_sent":{bytes_out},"duration_ms":{duration_ms:.3f},"upstream_service_time_ms":'
+        f'{"null" if upstream_ms is None else format(upstream_ms, ".3f")}}}\n'
     ).encode()

@@ -106,7 +106,6 @@ class _Reader:
         "_events",
         "_expect",
         "_failed",
-        "_header_bytes",
         "_headers",
         "_host",
         "_hosts",
@@ -125,7 +124,6 @@ class _Reader:
 
     def _reset_message(self) -> None:
         self._headers: Headers = []
-        self._header_bytes = 0
         self._chunked = False
         self._content_length: int | None = None
         self._url = b""
@@ -134,16 +132,22 @@ class _Reader:
         self._hosts = 0
         self._expect: bytes | None = None
 
-    # httptools callbacks -------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._reset_message()
+    # httptools callbacks (no on_message_begin: the state is reset right after each head,
+    # which saves a callback per message) ---------------------------------------------
+    def _check_limits(self) -> None:
+        """Header count and size limits, checked once per head (in `on_headers_complete`)
+        and after every chunk of an unfinished head (`feed`), not per header."""
+        headers = self._headers
+        limits = self.limits
+        if len(headers) > limits.max_headers:
+            raise _Limit(431, "too many request headers")
+        size = 4 * len(headers)
+        for name, value in headers:
+            size += len(name) + len(value)
+        if size > limits.max_header_bytes:
+            raise _Limit(431, "request headers exceed the size limit")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise _Limit(431, "request headers exceed the size limit")
-        if len(self._headers) >= self.limits.max_headers:
-            raise _Limit(431, "too many request headers")
         # Only a few headers need a look; their lengths are distinct enough to gate on.
         size = len(name)
         if size in _LOOK_AT:
@@ -171,6 +175,11 @@ class _Reader:
             return []
         try:
             self._parser.feed_data(data)
+            if self._headers:  # a head still in progress after this chunk
+                self._check_limits()
+        except _Limit as exc:
+            self._failed = True
+            self._events.append(ParseError(exc.status, exc.detail))
         except httptools.HttpParserUpgrade as exc:
             offset = int(exc.args[0])
             self._events.append(Upgrade(bytes(data[offset:])))
@@ -205,6 +214,7 @@ class RequestReader(_Reader):
             raise _Limit(414, "request URI exceeds the size limit")
 
     def on_headers_complete(self) -> None:
+        self._check_limits()
         parser = self._parser
         text = parser.get_http_version()
         version = _VERSIONS.get(text)
@@ -224,6 +234,7 @@ class RequestReader(_Reader):
             parser.should_keep_alive(), self._chunked, self._content_length,
             parser.should_upgrade(), expect, host, self._connection,
         ))
+        self._reset_message()  # the head owns the header list; empty = no head pending
 
     def on_message_complete(self) -> None:
         # should_keep_alive() is only right inside this callback.
@@ -251,11 +262,12 @@ class ResponseReader(_Reader):
     def on_status(self, status: bytes) -> None:
         self._status_reason += status
 
-    def on_message_begin(self) -> None:
-        self._reset_message()
+    def _reset_message(self) -> None:
+        super()._reset_message()
         self._status_reason = b""
 
     def on_headers_complete(self) -> None:
+        self._check_limits()
         parser = self._parser
         status = parser.get_status_code()
         text = parser.get_http_version()
@@ -263,6 +275,7 @@ class ResponseReader(_Reader):
             status, self._status_reason or b"-", _VERSIONS.get(text) or text.encode(),
             self._headers, self._chunked, self._content_length, self._connection,
         ))
+        self._reset_message()
         if self._head_request and status >= 200:
             self._head_request = False
             self._events.append(END_CLOSE)
