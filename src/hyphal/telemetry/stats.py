@@ -64,8 +64,9 @@ class Stats:
     __slots__ = ("_counters", "_gauges", "_interned", "_labeled", "_series")
 
     def __init__(self) -> None:
-        # Per (labels, code, flags): [count, sum of durations, bucket counts..., +Inf count].
-        self._series: dict[tuple[PeerLabels, int, str], list[Any]] = {}
+        # Per (labels, code, flags, grpc status): [count, sum of durations, bucket counts...,
+        # +Inf count].
+        self._series: dict[tuple[PeerLabels, int, str, str], list[Any]] = {}
         self._gauges: dict[tuple[str, str], int] = defaultdict(int)
         self._counters: dict[tuple[str, str], int] = defaultdict(int)
         self._interned: dict[tuple[str, ...], PeerLabels] = {}
@@ -75,8 +76,11 @@ class Stats:
         """The one instance with these label values (so identity equality is value equality)."""
         return self._interned.setdefault(peer.values(), peer)
 
-    def record_request(self, peer: PeerLabels, code: int, flags: str, duration_ms: float) -> None:
-        key = (peer, code, flags)
+    def record_request(self, peer: PeerLabels, code: int, flags: str, duration_ms: float,
+                       grpc_status: str = "") -> None:
+        """`grpc_status`: Istio's grpc_response_status, the gRPC status code of a gRPC
+        request ("" for others); its HTTP `code` stays what went on the wire (200)."""
+        key = (peer, code, flags, grpc_status)
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = [0, 0.0] + [0] * (len(DURATION_BUCKETS_MS) + 1)
@@ -102,7 +106,7 @@ class Stats:
         return self._labeled.get((name, labels), 0)
 
     def requests_total(self, code: int | None = None, reporter: str | None = None) -> int:
-        return sum(v[0] for (peer, c, _), v in self._series.items()
+        return sum(v[0] for (peer, c, _, _), v in self._series.items()
                    if (code is None or c == code) and (reporter is None or peer.reporter == reporter))
 
     def gauge(self, name: str, cluster: str) -> int:
@@ -116,13 +120,13 @@ class Stats:
         out: list[str] = [
             "# TYPE istio_requests_total counter",
         ]
-        names = LABEL_NAMES + ("response_code", "response_flags")
+        names = LABEL_NAMES + ("response_code", "response_flags", "grpc_response_status")
         series = sorted(self._series.items(), key=_sort_key)
-        for (peer, code, flags), values in series:
-            out.append(f"istio_requests_total{{{_labels(names, peer.values() + (str(code), flags))}}} {values[0]}")
+        for (peer, code, flags, grpc), values in series:
+            out.append(f"istio_requests_total{{{_labels(names, peer.values() + (str(code), flags, grpc))}}} {values[0]}")
         out.append("# TYPE istio_request_duration_milliseconds histogram")
-        for (peer, code, flags), values in series:
-            base = _labels(names, peer.values() + (str(code), flags))
+        for (peer, code, flags, grpc), values in series:
+            base = _labels(names, peer.values() + (str(code), flags, grpc))
             counts = values[2:]
             running = 0
             for bound, count in zip(DURATION_BUCKETS_MS, counts):
@@ -153,6 +157,6 @@ class Stats:
         return "\n".join(out) + "\n"
 
 
-def _sort_key(item: tuple[tuple[PeerLabels, int, str], object]) -> tuple[tuple[str, ...], int, str]:
-    (peer, code, flags), _ = item
-    return (peer.values(), code, flags)
+def _sort_key(item: tuple[tuple[PeerLabels, int, str, str], object]) -> tuple[tuple[str, ...], int, str, str]:
+    (peer, code, flags, grpc), _ = item
+    return (peer.values(), code, flags, grpc)

@@ -286,3 +286,21 @@ async def test_grpc_retry_pushback_sets_the_wait_or_stops_retries(
         assert calls[1] - calls[0] >= 0.29  # the server's wait, not the 25 ms backoff
     else:
         assert code == grpc.StatusCode.UNAVAILABLE and len(calls) == 1
+
+
+async def test_grpc_errors_count_as_200_with_their_grpc_response_status(
+        mesh: dict[str, Any]) -> None:
+    def run() -> None:
+        with _channel(mesh["port"]) as ch:
+            ch.unary_unary("/t.Greeter/Hello")(b"", timeout=3)
+            for method in ("/t.Greeter/Nope", "/other.Service/M"):  # app's and proxy's error
+                with pytest.raises(grpc.RpcError):
+                    ch.unary_unary(method)(b"", timeout=3)
+    await asyncio.to_thread(run)
+    lines = [line for line in mesh["stats"].render().splitlines()
+             if line.startswith("istio_requests_total{")]
+    assert len(lines) == 3, lines
+    statuses = sorted(line.split('grpc_response_status="')[1].split('"')[0] for line in lines)
+    assert statuses == ["0", "12", "12"]  # OK, UNIMPLEMENTED from the app and for no route
+    assert all('response_code="200"' in line for line in lines)
+    assert any('response_flags="no_route"' in line for line in lines)

@@ -306,7 +306,8 @@ class H2Relay:
         ctx = self.ctx
         duration_ms = (time.monotonic() - self.started) * 1000
         labels = ctx.labels(self.config, self.spec, self.down.peer_identity)
-        ctx.stats.record_request(labels, self.status, self.reason, duration_ms)
+        ctx.stats.record_request(labels, self.status, self.reason, duration_ms,
+                                 "" if self.grpc_status is None else str(self.grpc_status))
         if ctx.access_log.enabled:
             entry: dict[str, object] = {
                 "start_time": iso_time(self.started_wall),
