@@ -28,6 +28,9 @@ from hyphal.identity.files import write_private
 log = logging.getLogger("hyphal.control")
 
 PORTS_FILE = "ports.json"
+# How long a sidecar whose ADS stream closed stays an endpoint (it reconnects after every
+# certificate renewal; see MeshSnapshotSource).
+RECONNECT_GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +122,8 @@ class ControlPlane:
                     ca, opts.state_dir, opts.inject_image, opts.webhook_port, opts.host)
         else:
             source = MeshSnapshotSource(
-                store.resources, ca_bundle=ca.trust_bundle_pem, trust_domain=opts.trust_domain
+                store.resources, ca_bundle=ca.trust_bundle_pem, trust_domain=opts.trust_domain,
+                reconnect_grace=RECONNECT_GRACE,
             )
             store.subscribe(lambda state: source.update_resources(state.resources))
         ads = AdsServer(

@@ -209,3 +209,32 @@ def test_full_rotation_on_disk(tmp_path: Path) -> None:
     assert fingerprint(load_chain((tmp_path / "ca" / "root-cert.pem").read_bytes())[0]) == new
     restarted = CertificateAuthority.load_or_create(tmp_path, "cluster.local")
     assert fingerprint(restarted.root_cert) == new
+
+
+# -- a renewing sidecar's reconnect does not drop its endpoints ------------------------------
+
+
+async def test_reconnect_within_grace_keeps_the_endpoint() -> None:
+    import asyncio
+
+    from hyphal.control.translate.source import MeshSnapshotSource
+    from hyphal.control.xds.snapshot import NodeInfo
+
+    src = MeshSnapshotSource((), reconnect_grace=0.2)
+    node = NodeInfo(
+        id="api-0.demo",
+        cluster="api",
+        metadata={"NAMESPACE": "demo", "SERVICE_ACCOUNT": "api", "PROXY_MODE": "sidecar"},
+        namespace="demo",
+        service_account="api",
+        proxy_mode="sidecar",
+    )
+    src.node_connected(node)
+    src.node_disconnected(node)  # the old stream closes ...
+    src.node_connected(node)  # ... the new one opens: never removed
+    await asyncio.sleep(0.3)
+    assert "api-0.demo" in src.registry.view().nodes
+    src.node_disconnected(node)
+    assert "api-0.demo" in src.registry.view().nodes  # still within the grace period
+    await asyncio.sleep(0.3)
+    assert "api-0.demo" not in src.registry.view().nodes

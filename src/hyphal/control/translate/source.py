@@ -3,11 +3,14 @@
 Translation is cached per (resources version, registry version, node shape): replicas with
 identical metadata share one Snapshot object, so a thousand of them cost one translation.
 Connected sidecars join the registry through `node_connected` / `node_disconnected`, meant to
-be passed to the AdsServer as its on_connect / on_disconnect hooks.
+be passed to the AdsServer as its on_connect / on_disconnect hooks. With `reconnect_grace`, a
+sidecar whose last stream closed stays an endpoint that long: a sidecar reopens its stream
+after every certificate renewal, and its peers must not see it vanish for that moment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import OrderedDict
@@ -38,7 +41,9 @@ class MeshSnapshotSource:
         trust_domain: str = naming.DEFAULT_TRUST_DOMAIN,
         *,
         cache_size: int = 4096,
+        reconnect_grace: float = 0.0,
     ) -> None:
+        self._reconnect_grace = reconnect_grace
         self._trust_domain = trust_domain
         self._ca_bundle = ca_bundle
         self._lock = threading.RLock()
@@ -143,6 +148,20 @@ class MeshSnapshotSource:
                 self._refs[node_id] = left
                 return
             self._refs.pop(node_id, None)
+        if self._reconnect_grace > 0:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                loop.call_later(self._reconnect_grace, self._remove_unless_back, node_id)
+                return
+        self._registry.remove_node(node_id)
+
+    def _remove_unless_back(self, node_id: str) -> None:
+        with self._lock:
+            if self._refs.get(node_id, 0) > 0:
+                return  # it reconnected within the grace period
         self._registry.remove_node(node_id)
 
     def _changed(self) -> None:
