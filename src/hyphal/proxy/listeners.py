@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from hyphal.proxy.h2.detect import Sniffer, http_factory
 from hyphal.proxy.h2.server import H2Downstream
@@ -14,6 +15,7 @@ from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.server import HttpDownstream
 from hyphal.proxy.runtime.tables import ListenerSpec
 from hyphal.proxy.tcp import TcpDownstream
+from hyphal.proxy.transport import inspector
 
 
 class ListenerBindError(Exception):
@@ -88,9 +90,16 @@ async def bind(ctx: ListenerContext) -> Listener:
                 f"listener {spec.name}: needs TLS but the data plane has no certificate yet")
         ssl_ctx = ctx.tls.server_context
     try:
-        server = await loop.create_server(
-            factory, spec.host, spec.port, ssl=ssl_ctx, reuse_address=True, backlog=1024,
-            ssl_handshake_timeout=5.0 if ssl_ctx else None, family=socket.AF_INET)
+        if ssl_ctx is not None and spec.tls is not None and spec.tls.permissive:
+            # PERMISSIVE: mTLS or plaintext on one port, by the first byte (tls_inspector)
+            plain = http_factory(ctx, lambda: HttpDownstream(ctx), False) if spec.is_http \
+                else factory
+            server = cast(asyncio.Server, await inspector.serve(
+                spec.host, spec.port, factory, plain, ssl_ctx))
+        else:
+            server = await loop.create_server(
+                factory, spec.host, spec.port, ssl=ssl_ctx, reuse_address=True, backlog=1024,
+                ssl_handshake_timeout=5.0 if ssl_ctx else None, family=socket.AF_INET)
     except OSError as exc:
         raise ListenerBindError(
             f"listener {spec.name}: cannot bind {spec.host}:{spec.port}: {exc.strerror or exc}; "

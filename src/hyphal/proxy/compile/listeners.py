@@ -3,6 +3,8 @@ ListenerSpec."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
@@ -16,6 +18,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
+from hyphal.proxy.compile import filters as filters_compile
 from hyphal.proxy.compile import rbac as rbac_compile
 from hyphal.proxy.compile.clusters import TLS_SOCKET, check_sds
 from hyphal.proxy.compile.common import Where, join
@@ -29,6 +32,41 @@ NET_RBAC = "envoy.filters.network.rbac"
 HTTP_RBAC = "envoy.filters.http.rbac"
 HTTP_FAULT = "envoy.filters.http.fault"
 ROUTER = "envoy.filters.http.router"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+
+
+def _permissive(lst: listener_pb2.Listener, w: Where) -> bool:
+    """Whether `lst` is PERMISSIVE's shape: tls_inspector, then a `tls` chain with the
+    transport socket and a `raw_buffer` chain with the same filters and none."""
+    if not lst.listener_filters:
+        if len(lst.filter_chains) != 1:
+            raise w.error("filter_chains", "exactly one filter chain is supported (or two, "
+                          "tls and raw_buffer, behind a tls_inspector), got "
+                          f"{len(lst.filter_chains)}")
+        if lst.filter_chains[0].HasField("filter_chain_match"):
+            raise w.error("filter_chains[0].filter_chain_match",
+                          "filter chain matching needs the tls_inspector listener filter")
+        return False
+    names = [f.name for f in lst.listener_filters]
+    if names != [TLS_INSPECTOR]:
+        raise w.error("listener_filters", f"{names}: only [{TLS_INSPECTOR}] is supported")
+    protocols = [c.filter_chain_match.transport_protocol for c in lst.filter_chains]
+    if protocols != ["tls", "raw_buffer"]:
+        raise w.error("filter_chains", "with tls_inspector, two filter chains are expected: "
+                      f"transport_protocol tls then raw_buffer (got {protocols})")
+    tls_chain, plain = lst.filter_chains
+    for i, c in enumerate(lst.filter_chains):
+        w.only(c.filter_chain_match, {"transport_protocol"},
+               f"filter_chains[{i}].filter_chain_match")
+    if not tls_chain.HasField("transport_socket") or plain.HasField("transport_socket"):
+        raise w.error("filter_chains", "the tls chain needs the TLS transport socket and the "
+                      "raw_buffer chain none")
+    same = [f.SerializeToString(deterministic=True) for f in tls_chain.filters] == [
+        f.SerializeToString(deterministic=True) for f in plain.filters]
+    if not same:
+        raise w.error("filter_chains[1].filters", "the hyphal sidecar needs the same filters "
+                      "on the tls and raw_buffer chains (policy applies to both)")
+    return True
 
 
 def compile_listener(lst: listener_pb2.Listener) -> ListenerSpec:
@@ -38,7 +76,8 @@ def compile_listener(lst: listener_pb2.Listener) -> ListenerSpec:
         raise w.error("api_listener", "api listeners are for proxyless gRPC clients, not sidecars")
     w.only(
         lst,
-        {"name", "address", "filter_chains", "stat_prefix", "traffic_direction", "metadata"},
+        {"name", "address", "filter_chains", "stat_prefix", "traffic_direction", "metadata",
+         "listener_filters"},
         "",
     )
     sa = lst.address.socket_address
@@ -46,14 +85,13 @@ def compile_listener(lst: listener_pb2.Listener) -> ListenerSpec:
     w.only(sa, {"address", "port_value", "protocol"}, "address.socket_address")
     if not sa.address or not 0 < sa.port_value < 65536:
         raise w.error("address.socket_address", "needs an address and a port in 1..65535")
-    if len(lst.filter_chains) != 1:
-        raise w.error(
-            "filter_chains", f"exactly one filter chain is supported, got {len(lst.filter_chains)}"
-        )
+    permissive = _permissive(lst, w)
     chain = lst.filter_chains[0]
     cpath = "filter_chains[0]"
-    w.only(chain, {"filters", "transport_socket", "name"}, cpath)
+    w.only(chain, {"filters", "transport_socket", "name", "filter_chain_match"}, cpath)
     tls = downstream_tls(chain, w, cpath)
+    if permissive and tls is not None:
+        tls = DownstreamTls(require_client_cert=tls.require_client_cert, permissive=True)
     inbound = lst.name.startswith("inbound|") or lst.traffic_direction == base_pb2.INBOUND
     if not chain.filters:
         raise w.error(join(cpath, "filters"), "a filter chain needs filters")
@@ -139,6 +177,7 @@ def _http_listener(
     else:
         raise w.error(fpath, "the http_connection_manager needs rds or route_config")
     rbac_filters: list[tuple[rbac_pb2.RBAC | None, str]] = []
+    request_filters: list[Any] = []
     filters = list(hcm.http_filters)
     if not filters or filters[-1].name != ROUTER:
         raise w.error(join(fpath, "http_filters"), f"{ROUTER} must be the last http filter")
@@ -159,6 +198,16 @@ def _http_listener(
             hr = w.unpack(f.typed_config, http_rbac_pb2.RBAC, tpath)
             w.only(hr, {"rules", "rules_stat_prefix"}, tpath)
             rbac_filters.append((hr.rules if hr.HasField("rules") else None, join(tpath, "rules")))
+        elif f.name in (filters_compile.JWT_AUTHN, filters_compile.LOCAL_RATELIMIT):
+            if not inbound:
+                raise w.error(join(path, "name"), f"{f.name} is supported on inbound listeners")
+            if rbac_filters:
+                raise w.error(join(path, "name"), f"{f.name} must come before the rbac filters "
+                              "(the hyphal sidecar runs request filters, then RBAC)")
+            request_filters.append(
+                filters_compile.jwt_authn(f.typed_config, w, tpath)
+                if f.name == filters_compile.JWT_AUTHN
+                else filters_compile.local_ratelimit(f.typed_config, w, tpath, lst.name))
         else:
             raise w.error(join(path, "name"), f"http filter {f.name!r} is not supported")
     kind = ListenerKind.INBOUND_HTTP if inbound else ListenerKind.OUTBOUND_HTTP
@@ -172,6 +221,7 @@ def _http_listener(
         inline_routes=inline,
         rbac=rbac_compile.engine(rbac_filters, w),
         stat_prefix=hcm.stat_prefix or lst.stat_prefix or lst.name,
+        request_filters=tuple(request_filters),
     )
 
 

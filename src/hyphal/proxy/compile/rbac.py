@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from envoy.config.rbac.v3 import rbac_pb2
 
@@ -12,6 +13,7 @@ from hyphal.proxy.runtime.tables import (
     AnyRule,
     AuthenticatedRule,
     HeaderRule,
+    MetadataRule,
     MethodRule,
     NotRule,
     OrRule,
@@ -97,7 +99,38 @@ def principal(p: rbac_pb2.Principal, w: Where, path: str) -> Rule:
     if kind == "url_path":
         w.only(p.url_path, {"path"}, join(path, "url_path"))
         return PathRule(string_match(p.url_path.path, w, join(path, "url_path.path")))
+    if kind == "metadata":
+        return _metadata(p.metadata, w, join(path, "metadata"))
     raise w.error(join(path, str(kind)), "not supported by the hyphal sidecar")
+
+
+_AUTHN_FILTERS = ("istio_authn", "envoy.filters.http.jwt_authn")
+_AUTHN_KEYS = ("request.auth.principal", "request.auth.audiences", "request.auth.claims")
+
+
+def _metadata(m: Any, w: Where, path: str) -> Rule:
+    """A match on the verified JWT (`istio_authn` metadata; see runtime MetadataRule)."""
+    w.only(m, {"filter", "path", "value", "invert"}, path)
+    if m.filter not in _AUTHN_FILTERS:
+        raise w.error(join(path, "filter"), f"{m.filter!r}: only {_AUTHN_FILTERS[0]} metadata "
+                      "(the verified JWT) is available to RBAC in the hyphal sidecar")
+    keys = tuple(seg.key for seg in m.path)
+    if not keys or keys[0] not in _AUTHN_KEYS or (keys[0] != _AUTHN_KEYS[2] and len(keys) > 1):
+        raise w.error(join(path, "path"), f"{list(keys)}: use one of {', '.join(_AUTHN_KEYS)} "
+                      "(claims followed by the claim's names)")
+    value = m.value
+    kind = value.WhichOneof("match_pattern")
+    if kind == "string_match":
+        sm = string_match(value.string_match, w, join(path, "value.string_match"))
+    elif kind == "list_match" and value.list_match.one_of.WhichOneof(
+            "match_pattern") == "string_match":
+        sm = string_match(value.list_match.one_of.string_match, w,
+                          join(path, "value.list_match.one_of.string_match"))
+    else:
+        raise w.error(join(path, "value"), "only string_match or list_match.one_of.string_match "
+                      "are supported")
+    rule: Rule = MetadataRule(keys, sm)
+    return NotRule(rule) if m.invert else rule
 
 
 def policies(rules: rbac_pb2.RBAC, w: Where, path: str) -> tuple[RbacPolicy, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 from hyphal.proxy.http.headers import Headers
@@ -57,13 +58,9 @@ class RequestFilter(Protocol):
         """Read and change `state`; set `state.reply` to answer the request here."""
 
 
-class _Answered:
-    """The exchange was answered by a filter (a marker, distinct from 'no auth')."""
-
-    __slots__ = ()
-
-
-ANSWERED: Final = _Answered()
+# The exchange was answered by a filter: a marker distinct from "no auth" (None) and from
+# any verified request auth (compare with `is`).
+ANSWERED: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 class FilterHost(Protocol):
@@ -78,7 +75,7 @@ class FilterHost(Protocol):
 
 
 def run_request_filters(host: FilterHost, filters: tuple[RequestFilter, ...],
-                        query: str) -> Mapping[str, Any] | _Answered | None:
+                        query: str) -> Mapping[str, Any] | None:
     """Run `filters` on the exchange's request. Returns ANSWERED when a filter answered it
     (the local reply is already sent), else the request auth for RBAC (None: no JWT)."""
     head = host.head

@@ -27,6 +27,7 @@ import logging
 import time
 from dataclasses import replace
 
+from hyphal.proxy.filters.chain import ANSWERED, run_request_filters
 from hyphal.proxy.filters.fault import decide as decide_fault
 from hyphal.proxy.http.attempts import Attempts
 from hyphal.proxy.http.codec import RequestHead
@@ -231,6 +232,12 @@ class Exchange(Attempts):
         if table is None:
             self._local(404, "no_route")
             return None
+        auth = None  # inbound request filters (jwt_authn, local_ratelimit) run before RBAC
+        if ctx.spec.request_filters:
+            auth = run_request_filters(self, ctx.spec.request_filters, target.query)
+            if auth is ANSWERED:
+                return None
+            head = self.head
         rbac = ctx.spec.rbac
         headers = None
         if table.needs_headers or (rbac is not None and rbac_needs_headers(rbac)):
@@ -247,7 +254,7 @@ class Exchange(Attempts):
         self.route_name = route.name
         if rbac is not None:
             allowed, _policy = rbac.allowed(self.down.peer_identity, method, target.path,
-                                            self.down.port, headers or {})
+                                            self.down.port, headers or {}, auth)
             if not allowed:
                 self._local(403, "rbac_denied")
                 return None

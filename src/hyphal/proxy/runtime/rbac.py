@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 from hyphal.proxy.runtime.matchers import HeaderMatcher, StringMatch
 
@@ -18,6 +18,7 @@ class RbacRequest:
     path: str
     port: int
     headers: Mapping[str, str]
+    auth: Mapping[str, Any] | None = None  # the verified JWT (hyphal.proxy.filters.jwt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,25 @@ class AuthenticatedRule:
 
     def matches(self, req: RbacRequest) -> bool:
         return req.principal is not None
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataRule:
+    """`metadata` (Istio's `istio_authn`): a value of the verified JWT by `path`
+    (`request.auth.principal`, `request.auth.audiences`, `request.auth.claims`, name...). A
+    list value matches when any item does; no JWT never matches."""
+
+    path: tuple[str, ...]
+    match: StringMatch
+
+    def matches(self, req: RbacRequest) -> bool:
+        value: Any = req.auth
+        for key in self.path:
+            if not isinstance(value, Mapping) or key not in value:
+                return False
+            value = value[key]
+        items = value if isinstance(value, list) else [value]
+        return any(isinstance(v, str) and self.match.matches(v) for v in items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +126,7 @@ Rule = Union[
     AnyRule,
     PrincipalRule,
     AuthenticatedRule,
+    MetadataRule,
     PathRule,
     MethodRule,
     PortRule,
@@ -147,9 +168,10 @@ class RbacEngine:
         path: str,
         port: int,
         headers: Mapping[str, str],
+        auth: Mapping[str, Any] | None = None,
     ) -> tuple[bool, str]:
         """Return (allowed, name of the deciding policy or "" when none decided)."""
-        req = RbacRequest(principal, method, path, port, headers)
+        req = RbacRequest(principal, method, path, port, headers, auth)
         for policy in self.deny:
             if policy.matches(req):
                 return False, policy.name

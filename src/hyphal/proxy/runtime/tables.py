@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from hyphal.proxy.runtime.matchers import (
     HeaderMatcher,
@@ -29,6 +29,7 @@ from hyphal.proxy.runtime.rbac import (
     AnyRule,
     AuthenticatedRule,
     HeaderRule,
+    MetadataRule,
     MethodRule,
     NotRule,
     OrRule,
@@ -41,11 +42,15 @@ from hyphal.proxy.runtime.rbac import (
     Rule,
 )
 
+if TYPE_CHECKING:
+    from hyphal.proxy.filters.chain import RequestFilter
+
 __all__ = [
     "AndRule", "AnyRule", "AuthenticatedRule", "CircuitBreaker", "ClusterAction", "ClusterSpec",
     "DirectResponse", "DownstreamTls", "EndpointSpec", "FaultSpec", "HashPolicy", "HeaderMatcher",
     "HeaderRule", "HeaderValue", "HealthCheckSpec", "LbPolicy", "ListenerKind", "ListenerSpec",
-    "MethodRule", "MirrorPolicy", "NotRule", "OrRule", "OutlierSpec", "PathKind", "PathMatch",
+    "MetadataRule", "MethodRule", "MirrorPolicy", "NotRule", "OrRule", "OutlierSpec", "PathKind",
+    "PathMatch",
     "PathRule", "PortRule", "PrincipalRule", "ProxyConfig", "QueryMatcher", "RbacEngine",
     "RbacPolicy", "RbacRequest", "RedirectAction", "RegexRewrite", "RetryPolicy", "Route",
     "RouteAction", "RouteMatch", "RouteTable", "Rule", "StringKind", "StringMatch",
@@ -366,7 +371,11 @@ class UpstreamTls:
 
 @dataclass(frozen=True, slots=True)
 class DownstreamTls:
+    """`permissive`: plaintext is accepted on the same port too (PeerAuthentication
+    PERMISSIVE: tls_inspector with a `tls` and a `raw_buffer` filter chain)."""
+
     require_client_cert: bool = True
+    permissive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,6 +474,8 @@ class ListenerSpec:
     rbac: RbacEngine | None = None
     tcp_cluster: str | None = None
     stat_prefix: str = ""
+    # jwt_authn, local_ratelimit (hyphal.proxy.filters), run before rbac; () costs nothing
+    request_filters: tuple[RequestFilter, ...] = field(default=(), compare=False)
 
     @property
     def is_http(self) -> bool:
