@@ -7,6 +7,7 @@ import contextlib
 import logging
 import random
 
+from hyphal.proxy.h2.bridge import H2Bridge
 from hyphal.proxy.h2.upstream import H2Pool
 from hyphal.proxy.http.codec import Limits
 from hyphal.proxy.http.context import ListenerContext, Timeouts
@@ -44,6 +45,7 @@ class DataPlane:
         self.timeouts = timeouts or Timeouts()
         self.pool = ConnectionPool(tls, stats)
         self.h2_pool = H2Pool(tls, stats)
+        self.pool.h2 = H2Bridge(self.h2_pool)  # HTTP/1.1 requests to HTTP/2 clusters
         self.clusters = ClusterManager(self.pool)
         self._listeners: dict[str, Listener] = {}
         self._retired: list[Listener] = []

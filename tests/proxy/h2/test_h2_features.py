@@ -284,3 +284,53 @@ async def test_drain_sends_goaway_first_and_finishes_streams_in_flight(
     assert ("refused", 3) in seen and ("response", 1) in seen and seen[-1] == ("eof", 0)
     assert seen.index(("goaway", 1)) < seen.index(("response", 1))
     assert [p for _, p in web["app"].requests] == ["/sleep/0.4"]
+
+
+# ---------------------------------------------------------------- protocol bridging
+async def test_http11_request_to_an_http2_cluster_is_carried_over_h2(
+        web: dict[str, Any]) -> None:
+    base = f"http://127.0.0.1:{web['port']}"
+    async with httpx.AsyncClient(base_url=base, headers={"host": "web"}, timeout=5) as client:
+        get = await client.get("/items?x=1")
+        post = await client.post("/items", content=b"a" * 70_000)  # beyond one h2 window
+        chunks = await client.get("/chunks")
+
+        async def parts() -> AsyncIterator[bytes]:
+            for _ in range(3):
+                yield b"z" * 1000
+        streamed = await client.post("/items", content=parts())  # chunked upload
+    assert get.http_version == "HTTP/1.1" and get.status_code == 200
+    seen = get.json()
+    assert seen["protocol"] == "h2" and seen["method"] == "GET" and seen["path"] == "/items?x=1"
+    assert seen["authority"] == "web" and "x-request-id" in seen["headers"]
+    assert "connection" not in seen["headers"] and "host" not in seen["headers"]
+    assert post.json()["size"] == 70_000 and post.json()["method"] == "POST"
+    assert streamed.json()["size"] == 3000
+    assert chunks.text == "one,two,three"  # no Content-Length upstream: chunked to HTTP/1.1
+    assert chunks.headers["transfer-encoding"] == "chunked"
+    assert web["app"].connections == 1  # all four were streams of one connection
+
+
+async def test_h2_request_to_an_http11_cluster_is_carried_over_http11(
+        web: dict[str, Any]) -> None:
+    async with _h2c(web["port"]) as client:
+        get = await client.get("/legacy/a?b=1")
+        post = await client.post("/legacy/p", content=b"q" * 70_000)
+
+        async def parts() -> AsyncIterator[bytes]:
+            for _ in range(3):
+                yield b"z" * 1000
+        streamed = await client.post("/legacy/s", content=parts())
+    assert get.http_version == "HTTP/2" and get.status_code == 200
+    seen = get.json()
+    assert seen["name"] == "h1" and seen["protocol"] == "HTTP/1.1"
+    assert seen["path"] == "/legacy/a?b=1" and seen["host"] == "web"
+    assert post.json()["size"] == 70_000 and streamed.json()["size"] == 3000
+
+
+async def test_grpc_is_never_bridged_to_http11(web: dict[str, Any]) -> None:
+    async with _h2c(web["port"]) as client:
+        resp = await client.post("/legacy/g.S/M", content=b"",
+                                 headers={"content-type": "application/grpc", "te": "trailers"})
+    assert resp.status_code == 200 and resp.headers["grpc-status"] == "14"
+    assert resp.headers["x-hyphal-reason"] == "upstream_protocol_unsupported"

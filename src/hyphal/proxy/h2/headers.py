@@ -15,7 +15,7 @@ from hyphal.proxy.http.headers import apply_transforms, new_request_id, xfcc_val
 from hyphal.proxy.resilience.deadline import format_deadline_header, format_grpc_timeout
 from hyphal.proxy.runtime.tables import Route, VirtualHost, WeightedCluster
 
-_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection",
+CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                                   b"transfer-encoding", b"upgrade", b"host"})
 _REPLACED = frozenset({b"x-forwarded-client-cert", b"x-forwarded-proto",
                        b"x-hyphal-deadline", b"grpc-timeout"})
@@ -75,7 +75,7 @@ def upstream_block(
     xff: bytes | None = None
     request_id: bytes | None = None
     for name, value in head.headers:
-        if name in _CONNECTION_SPECIFIC or name in _REPLACED:
+        if name in CONNECTION_SPECIFIC or name in _REPLACED:
             continue
         if name == b"te" and value.strip().lower() != b"trailers":
             continue
@@ -125,7 +125,7 @@ def downstream_block(block: H2Headers, route: Route | None, vhost: VirtualHost |
     response transforms route then vhost, `extra` (Set-Cookie of hashing) appended."""
     pseudo = [(n, v) for n, v in block if n[:1] == b":"]
     regular = [(n, v) for n, v in block
-               if n[:1] != b":" and n not in _CONNECTION_SPECIFIC]
+               if n[:1] != b":" and n not in CONNECTION_SPECIFIC]
     if route is not None and (route.response_headers_to_add
                               or route.response_headers_to_remove):
         regular = apply_transforms(regular, route.response_headers_to_remove,

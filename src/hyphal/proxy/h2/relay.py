@@ -17,6 +17,7 @@ from typing import Protocol
 from h2.errors import ErrorCodes
 
 from hyphal.proxy.h2 import grpc
+from hyphal.proxy.h2.bridge import H1Stream
 from hyphal.proxy.h2.endpoint import OnSent
 from hyphal.proxy.h2.grpc import H2Headers
 from hyphal.proxy.h2.headers import RequestHead, downstream_block
@@ -45,6 +46,9 @@ class Outcome(enum.Enum):
     RESET = "reset"
     TIMEOUT = "timeout"
     BROKEN = "broken"  # failed after the response was committed
+
+
+UpstreamStream = H2Upstream | H1Stream  # a multiplexed h2 connection, or HTTP/1.1 bridged
 
 
 class Downstream(Protocol):
@@ -88,7 +92,7 @@ class H2Relay:
         self.replayable = True
         self.waiting: list[tuple[bytes, int]] = []  # received, not yet sent upstream
         self.sent_once = False
-        self.up: H2Upstream | None = None
+        self.up: UpstreamStream | None = None
         self.up_sid = 0
         self.attempt: asyncio.Future[Outcome] | None = None
         self.refused = False
@@ -153,7 +157,7 @@ class H2Relay:
         if task is not None and not task.done():
             task.cancel()
 
-    def _end_upstream(self, conn: H2Upstream) -> None:
+    def _end_upstream(self, conn: UpstreamStream) -> None:
         if self.req_trailers is not None:
             conn.send_headers(self.up_sid, self.req_trailers, True)
         else:

@@ -22,10 +22,11 @@ from h2.exceptions import H2Error
 
 from hyphal.proxy.filters.fault import decide as decide_fault
 from hyphal.proxy.h2 import grpc
+from hyphal.proxy.h2.bridge import H1Pool
 from hyphal.proxy.h2.grpc import H2Headers
 from hyphal.proxy.h2.headers import upstream_block, with_deadline
-from hyphal.proxy.h2.relay import Downstream, H2Relay, Outcome, h2_pool, log
-from hyphal.proxy.h2.upstream import H2Pool, H2Upstream
+from hyphal.proxy.h2.relay import Downstream, H2Relay, Outcome, UpstreamStream, h2_pool, log
+from hyphal.proxy.h2.upstream import H2Pool
 from hyphal.proxy.http.headers import header_map
 from hyphal.proxy.http.request import redirect_location
 from hyphal.proxy.resilience.backoff import Backoff, FailureKind
@@ -128,8 +129,8 @@ class H2Exchange(H2Relay):
             self._local(503, "cluster_not_found")
             return
         self.spec = spec
-        if not spec.http2:
-            # HTTP/2 to an HTTP/1.1-only cluster is not bridged (yet): say so.
+        if not spec.http2 and self.grpc:
+            # gRPC needs HTTP/2 end to end (trailers): it is never bridged to HTTP/1.1.
             self._local(503, "upstream_protocol_unsupported")
             return
         budget = caller_budget(head.headers)
@@ -174,7 +175,7 @@ class H2Exchange(H2Relay):
             hash_key = key.key
             if key.set_cookie is not None:
                 self.resp_extra = [(b"set-cookie", key.set_cookie.encode("latin-1"))]
-        pool = h2_pool(self.ctx)
+        pool: H2Pool | H1Pool = h2_pool(self.ctx) if spec.http2 else H1Pool(self.ctx.pool)
         tried: set[str] = set()
         round_ = 0
         last_reason = "no_healthy_upstream"
@@ -241,8 +242,9 @@ class H2Exchange(H2Relay):
             await self._backoff(backoff, round_, deadline)
             round_ += 1
 
-    async def _connection(self, pool: H2Pool, runtime: ClusterRuntime, endpoint: EndpointSpec,
-                          spec: ClusterSpec, timeout_s: float) -> H2Upstream | None:
+    async def _connection(self, pool: H2Pool | H1Pool, runtime: ClusterRuntime,
+                          endpoint: EndpointSpec, spec: ClusterSpec,
+                          timeout_s: float) -> UpstreamStream | None:
         """A connection with room for a stream, within the cluster's max_connections; past
         it, wait as a pending request for a stream to end (max_pending_requests; beyond
         that 503 pending_overflow, and pending_timeout when none ends in time)."""
@@ -274,7 +276,7 @@ class H2Exchange(H2Relay):
             if pending:
                 runtime.breaker.release_pending()
 
-    async def _attempt(self, conn: H2Upstream, block: H2Headers,
+    async def _attempt(self, conn: UpstreamStream, block: H2Headers,
                        deadline: float | None) -> Outcome:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Outcome] = loop.create_future()

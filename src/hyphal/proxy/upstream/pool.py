@@ -223,10 +223,23 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-class ConnectionPool:
-    """Idle keep-alive connections per (endpoint, TLS identity expectation)."""
+class Http2Bridge(Protocol):
+    """Carries HTTP/1.1 exchanges to clusters with `http2` set over HTTP/2 streams
+    (`hyphal.proxy.h2.bridge.H2Bridge`): the same calls as the pool's, per cluster."""
 
-    __slots__ = ("_all", "_idle", "_per_cluster", "_waiters", "stats", "tls")
+    def idle_connection(self, endpoint: EndpointSpec,
+                        cluster: ClusterSpec) -> UpstreamConnection | None: ...
+    async def acquire(self, endpoint: EndpointSpec, cluster: ClusterSpec,
+                      timeout_s: float) -> tuple[UpstreamConnection, bool]: ...
+    def connections(self, cluster: str) -> int: ...
+    async def wait_for_connection(self, cluster: str, timeout_s: float) -> bool: ...
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per (endpoint, TLS identity expectation). Clusters with
+    `http2` set go through `h2` (protocol bridging) when the data plane wired one."""
+
+    __slots__ = ("_all", "_idle", "_per_cluster", "_waiters", "h2", "stats", "tls")
 
     def __init__(self, tls: TlsMaterial | None, stats: Stats) -> None:
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
@@ -237,13 +250,17 @@ class ConnectionPool:
         # waiting for one of them to come free (http1MaxPendingRequests).
         self._per_cluster: dict[str, int] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.h2: Http2Bridge | None = None
 
     def connections(self, cluster: str) -> int:
         """Connections of `cluster` open now (busy or idle)."""
-        return self._per_cluster.get(cluster, 0)
+        count = self._per_cluster.get(cluster, 0)
+        return count if self.h2 is None else count + self.h2.connections(cluster)
 
     async def wait_for_connection(self, cluster: str, timeout_s: float) -> bool:
         """Wait until a connection of `cluster` goes idle or closes (False: timed out)."""
+        if self.h2 is not None and self.h2.connections(cluster):
+            return await self.h2.wait_for_connection(cluster, timeout_s)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(cluster, [])
         waiters.append(fut)
@@ -269,6 +286,8 @@ class ConnectionPool:
         """A pooled keep-alive connection to the endpoint, if one is usable (no await)."""
         idle = self._idle.get(pool_key(endpoint, cluster))
         if not idle:
+            if cluster.http2 and self.h2 is not None:
+                return self.h2.idle_connection(endpoint, cluster)
             return None
         now = time.monotonic()
         while idle:
@@ -288,6 +307,8 @@ class ConnectionPool:
         conn = self.idle_connection(endpoint, cluster)
         if conn is not None:
             return conn, True
+        if cluster.http2 and self.h2 is not None:
+            return await self.h2.acquire(endpoint, cluster, timeout_s)
         key = pool_key(endpoint, cluster)
         return await self._connect(endpoint, cluster, key, timeout_s), False
 
