@@ -75,6 +75,7 @@ async def test_admin_endpoints() -> None:
                 "not_before": "2026-01-01T00:00:00",
                 "not_after": "2026-01-02T00:00:00",
                 "rotations": 0,
+                "root_fingerprint": "",
             }
             cfg = dump["config"]
             assert {lst["name"] for lst in cfg["listeners"]} == {"outbound_http", "inbound|8080"}
