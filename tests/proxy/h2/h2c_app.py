@@ -58,6 +58,8 @@ class _Conn(asyncio.Protocol):
         pseudo = {n.decode(): v.decode() for n, v in head if n.startswith(b":")}
         path = pseudo.get(":path", "")
         self.app.requests.append((time.monotonic(), path))
+        self.app.received.append({"path": path, "authority": pseudo.get(":authority", ""),
+                                  "size": len(body)})
         if path.startswith("/sleep/"):
             delay = float(path.rsplit("/", 1)[1])
             asyncio.get_running_loop().call_later(delay, self._late, sid, head, body, path)
@@ -111,6 +113,7 @@ class H2cApp:
         self.port = 0
         self.connections = 0
         self.requests: list[tuple[float, str]] = []
+        self.received: list[dict[str, object]] = []
         self.seen: dict[str, int] = {}
 
     @classmethod

@@ -334,3 +334,22 @@ async def test_grpc_is_never_bridged_to_http11(web: dict[str, Any]) -> None:
                                  headers={"content-type": "application/grpc", "te": "trailers"})
     assert resp.status_code == 200 and resp.headers["grpc-status"] == "14"
     assert resp.headers["x-hyphal-reason"] == "upstream_protocol_unsupported"
+
+
+# ---------------------------------------------------------------- mirrors
+async def test_h2_and_bridged_requests_are_mirrored_to_the_shadow(web: dict[str, Any]) -> None:
+    async with _h2c(web["port"]) as client:
+        resp = await client.post("/mirrored/h2", content=b"m" * 5000)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web['port']}",
+                                 headers={"host": "web"}, timeout=5) as client:
+        bridged = await client.post("/mirrored/h1", content=b"n" * 300)
+    assert resp.status_code == 200 and bridged.status_code == 200
+    shadow: H2cApp = web["shadow"]
+    for _ in range(100):
+        if len(shadow.requests) == 2:
+            break
+        await asyncio.sleep(0.02)
+    got = sorted((str(r["path"]), r["authority"], r["size"]) for r in shadow.received)
+    assert got == [("/mirrored/h1", "web-shadow", 300), ("/mirrored/h2", "web-shadow", 5000)]
+    assert web["stats"].counter("hyphal_mirror_requests_total", SHADOW_CLUSTER) == 2
+    assert web["stats"].counter("hyphal_mirror_failed_total", SHADOW_CLUSTER) == 0

@@ -25,6 +25,7 @@ from hyphal.proxy.h2 import grpc
 from hyphal.proxy.h2.bridge import H1Pool
 from hyphal.proxy.h2.grpc import H2Headers
 from hyphal.proxy.h2.headers import upstream_block, with_deadline
+from hyphal.proxy.h2.mirror import send_mirrors
 from hyphal.proxy.h2.relay import Downstream, H2Relay, Outcome, UpstreamStream, h2_pool, log
 from hyphal.proxy.h2.upstream import H2Pool
 from hyphal.proxy.http.headers import header_map
@@ -156,7 +157,15 @@ class H2Exchange(H2Relay):
                 downstream_tls=ctx.spec.tls is not None)
             deadline = effective_deadline(self.started, route.timeout_s, budget.remaining_s)
             self.deadline = deadline
-            await self._forward(runtime, spec, route, vhost, block, target, deadline)
+            try:
+                await self._forward(runtime, spec, route, vhost, block, target, deadline)
+            finally:
+                if route.mirrors and not ctx.spec.is_inbound and self.replayable and (
+                        self.req_done):
+                    send_mirrors(ctx, config, source, out_path, vhost, route,
+                                 b"".join(self.kept), self.grpc, self.down.peer_ip,
+                                 self.down.peer_identity,
+                                 None if deadline is None else deadline - self.started)
         finally:
             runtime.release()
 
