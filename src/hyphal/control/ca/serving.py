@@ -4,8 +4,8 @@ grpc's `dynamic_ssl_server_credentials` asks a fetcher for the certificate confi
 every new TLS handshake (from a gRPC core thread), so a new root in the bundle is trusted
 for client certificates on the xDS mTLS port, and a re-issued serving certificate is
 presented, from the next connection on. Connections already open keep the material they
-were set up with. `build_rotating_server` mirrors `hyphal.control.xds.serve.build_server`
-(same ports, flags and errors); only the credentials differ.
+were set up with. `build_rotating_server` is `hyphal.control.xds.serve.build_server_with`
+(same ports, flags and errors) given these credentials.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from hyphal.control.xds.serve import DEFAULT_OPTIONS, BuiltServer
+from hyphal.control.xds.serve import DEFAULT_OPTIONS, BuiltServer, build_server_with
 from hyphal.control.xds.server import AdsServer
 
 __all__ = ["RotatingCredentials", "build_rotating_server"]
@@ -103,40 +103,15 @@ def build_rotating_server(
     services: Sequence[Callable[[grpc.aio.Server], None]] = (),
     options: Sequence[tuple[str, int]] = DEFAULT_OPTIONS,
 ) -> BuiltServer:
-    """Like `serve.build_server`, with `creds` on the xDS and CA ports."""
-    server = grpc.aio.server(options=list(options))
-    ads.add_to_server(server)
-    for add in services:
-        add(server)
-    bound_xds = _bind(server, host, xds_port, creds.mtls(), "--xds-port")
-    bound_plain = None
-    if plaintext_port is not None:
-        bound_plain = _bind(server, "127.0.0.1", plaintext_port, None, "--xds-plaintext-port")
-    bound_ca = None
-    if ca_port is not None:
-        bound_ca = _bind(server, host, ca_port, creds.server_tls(), "--ca-port")
-    return BuiltServer(server, bound_xds, bound_plain, bound_ca)
-
-
-def _bind(
-    server: grpc.aio.Server,
-    host: str,
-    port: int,
-    creds: grpc.ServerCredentials | None,
-    flag: str,
-) -> int:
-    address = f"{host}:{port}"
-    try:
-        bound = (
-            server.add_insecure_port(address)
-            if creds is None
-            else server.add_secure_port(address, creds)
-        )
-    except RuntimeError:
-        bound = 0
-    if bound == 0:
-        raise OSError(
-            f"cannot listen on {address} ({flag}): the port is in use or not allowed; "
-            f"stop what holds it or pick another {flag}"
-        )
-    return int(bound)
+    """`serve.build_server` with `creds` (following rotations) on the xDS and CA ports."""
+    return build_server_with(
+        ads,
+        mtls=creds.mtls(),
+        server_tls=creds.server_tls(),
+        xds_port=xds_port,
+        plaintext_port=plaintext_port,
+        ca_port=ca_port,
+        host=host,
+        services=services,
+        options=options,
+    )

@@ -66,20 +66,47 @@ def build_server(
     None leaves the port off. The CLI's `--xds-plaintext-port 0` means "off": pass None.
     `services` are `add_*_to_server`-style callbacks (e.g. the CA servicer).
     """
+    mtls = grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=trust_bundle_pem, require_client_auth=True
+    )
+    server_tls = grpc.ssl_server_credentials([(key_pem, cert_pem)])
+    return build_server_with(
+        ads,
+        mtls=mtls,
+        server_tls=server_tls,
+        xds_port=xds_port,
+        plaintext_port=plaintext_port,
+        ca_port=ca_port,
+        host=host,
+        services=services,
+        options=options,
+    )
+
+
+def build_server_with(
+    ads: AdsServer,
+    *,
+    mtls: grpc.ServerCredentials,
+    server_tls: grpc.ServerCredentials,
+    xds_port: int = 15012,
+    plaintext_port: int | None = 15010,
+    ca_port: int | None = None,
+    host: str = "127.0.0.1",
+    services: Sequence[Callable[[grpc.aio.Server], None]] = (),
+    options: Sequence[tuple[str, int]] = DEFAULT_OPTIONS,
+) -> BuiltServer:
+    """`build_server` with ready-made credentials: `mtls` (client certificate required) for
+    the xDS port, `server_tls` for the CA port — e.g. dynamic ones that follow a rotation."""
     server = grpc.aio.server(options=list(options))
     ads.add_to_server(server)
     for add in services:
         add(server)
-    mtls = grpc.ssl_server_credentials(
-        [(key_pem, cert_pem)], root_certificates=trust_bundle_pem, require_client_auth=True
-    )
     bound_xds = _bind(server, host, xds_port, mtls, "--xds-port")
     bound_plain = None
     if plaintext_port is not None:
         bound_plain = _bind(server, "127.0.0.1", plaintext_port, None, "--xds-plaintext-port")
     bound_ca = None
     if ca_port is not None:
-        server_tls = grpc.ssl_server_credentials([(key_pem, cert_pem)])
         bound_ca = _bind(server, host, ca_port, server_tls, "--ca-port")
     return BuiltServer(server, bound_xds, bound_plain, bound_ca)
 
