@@ -34,7 +34,13 @@ from hyphal.proxy.h2.endpoint import GracefulH2Connection, H2Endpoint
 from hyphal.proxy.h2.grpc import H2Headers
 from hyphal.proxy.runtime.tables import ClusterSpec, EndpointSpec, H2Keepalive
 from hyphal.proxy.transport.tls import TlsMaterial
-from hyphal.proxy.upstream.pool import ConnectFailure, PoolKey, open_endpoint, pool_key
+from hyphal.proxy.upstream.pool import (
+    ClusterWaiters,
+    ConnectFailure,
+    PoolKey,
+    open_endpoint,
+    pool_key,
+)
 from hyphal.telemetry.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -264,7 +270,7 @@ class H2Pool:
         self._conns: dict[PoolKey, list[H2Upstream]] = {}
         self._connecting: dict[PoolKey, asyncio.Future[H2Upstream]] = {}
         self._per_cluster: dict[str, int] = {}
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters = ClusterWaiters()
         self._sweeper: asyncio.TimerHandle | None = None
 
     def ready(self, endpoint: EndpointSpec, cluster: ClusterSpec) -> H2Upstream | None:
@@ -372,27 +378,13 @@ class H2Pool:
         return False
 
     async def wait_for_room(self, cluster: str, timeout_s: float) -> bool:
-        """Wait until a stream of `cluster` ends or one of its connections closes
-        (False: timed out)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(cluster, [])
-        waiters.append(fut)
-        try:
-            await asyncio.wait_for(fut, max(timeout_s, 0.0))
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            if fut in waiters:
-                waiters.remove(fut)
+        """Wait until a stream of `cluster` ends, one of its connections closes or a new one
+        is up (False: timed out)."""
+        return await self._waiters.wait(cluster, timeout_s)
 
     def wake(self, cluster: str) -> None:
-        waiters = self._waiters.get(cluster)
-        if waiters:
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
-            waiters.clear()
+        if self._waiters:
+            self._waiters.wake(cluster)
 
     # ---------------------------------------------------------------- idle sweep
     def _start_sweeper(self) -> None:

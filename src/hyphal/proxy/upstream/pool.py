@@ -223,6 +223,34 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+class ClusterWaiters(dict[str, list["asyncio.Future[None]"]]):
+    """Requests waiting, per cluster, for a connection (or an HTTP/2 stream) to come free:
+    the pending requests of the circuit breakers. A plain dict underneath, so `if waiters:`
+    costs nothing on the request path when nobody waits."""
+
+    async def wait(self, cluster: str, timeout_s: float) -> bool:
+        """Until `wake(cluster)` (True) or `timeout_s` (False)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self.setdefault(cluster, [])
+        waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, max(timeout_s, 0.0))
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if fut in waiters:
+                waiters.remove(fut)
+
+    def wake(self, cluster: str) -> None:
+        waiters = self.get(cluster)
+        if waiters:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            waiters.clear()
+
+
 class Http2Bridge(Protocol):
     """Carries HTTP/1.1 exchanges to clusters with `http2` set over HTTP/2 streams
     (`hyphal.proxy.h2.bridge.H2Bridge`): the same calls as the pool's, per cluster."""
@@ -249,7 +277,7 @@ class ConnectionPool:
         # Open connections per cluster (circuit breakers' max_connections) and the requests
         # waiting for one of them to come free (http1MaxPendingRequests).
         self._per_cluster: dict[str, int] = {}
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters = ClusterWaiters()
         self.h2: Http2Bridge | None = None
 
     def connections(self, cluster: str) -> int:
@@ -261,25 +289,7 @@ class ConnectionPool:
         """Wait until a connection of `cluster` goes idle or closes (False: timed out)."""
         if self.h2 is not None and self.h2.connections(cluster):
             return await self.h2.wait_for_connection(cluster, timeout_s)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(cluster, [])
-        waiters.append(fut)
-        try:
-            await asyncio.wait_for(fut, max(timeout_s, 0.0))
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            if fut in waiters:
-                waiters.remove(fut)
-
-    def _wake(self, cluster: str) -> None:
-        waiters = self._waiters.get(cluster)
-        if waiters:
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
-            waiters.clear()
+        return await self._waiters.wait(cluster, timeout_s)
 
     def idle_connection(self, endpoint: EndpointSpec,
                         cluster: ClusterSpec) -> UpstreamConnection | None:
@@ -332,7 +342,7 @@ class ConnectionPool:
         conn.idle_since = time.monotonic()
         self._idle.setdefault(conn.key, []).append(conn)
         if self._waiters:
-            self._wake(conn.cluster)
+            self._waiters.wake(conn.cluster)
 
     def forget(self, conn: UpstreamConnection) -> None:
         if conn in self._all:
@@ -343,7 +353,7 @@ class ConnectionPool:
             else:
                 self._per_cluster.pop(conn.cluster, None)
             if self._waiters:
-                self._wake(conn.cluster)
+                self._waiters.wake(conn.cluster)
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
