@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from hyphal.proxy import capture
 from hyphal.proxy.h2.detect import Sniffer, http_factory
 from hyphal.proxy.h2.server import H2Downstream
 from hyphal.proxy.http.context import ListenerContext
@@ -24,7 +25,8 @@ class ListenerBindError(Exception):
 
 def needs_rebind(old: ListenerSpec, new: ListenerSpec) -> bool:
     """Only the socket-level fields need a new socket; routes, RBAC etc. apply in place."""
-    return (old.host, old.port, old.kind, old.tls) != (new.host, new.port, new.kind, new.tls)
+    return (old.host, old.port, old.kind, old.tls, old.bind_to_port, old.use_original_dst) != (
+        new.host, new.port, new.kind, new.tls, new.bind_to_port, new.use_original_dst)
 
 
 @dataclass(slots=True)
@@ -84,13 +86,16 @@ async def bind(ctx: ListenerContext) -> Listener:
     else:
         factory = lambda: TcpDownstream(ctx)  # noqa: E731
     ssl_ctx = None
-    if spec.tls is not None:
+    captured = spec.use_original_dst or not spec.bind_to_port  # hyphal.proxy.capture
+    if spec.tls is not None and not captured:
         if ctx.tls is None:
             raise ListenerBindError(
                 f"listener {spec.name}: needs TLS but the data plane has no certificate yet")
         ssl_ctx = ctx.tls.server_context
     try:
-        if ssl_ctx is not None and spec.tls is not None and spec.tls.permissive:
+        if captured:  # dispatched by original destination, TLS chosen per target
+            server = cast(asyncio.Server, await capture.serve(ctx))
+        elif ssl_ctx is not None and spec.tls is not None and spec.tls.permissive:
             # PERMISSIVE: mTLS or plaintext on one port, by the first byte (tls_inspector)
             plain = http_factory(ctx, lambda: HttpDownstream(ctx), False) if spec.is_http \
                 else factory

@@ -111,9 +111,10 @@ def test_router_must_be_last() -> None:
 
 def test_unsupported_listener_field_is_named() -> None:
     lst = P.outbound_http_listener()
-    lst.use_original_dst.value = True
+    lst.per_connection_buffer_limit_bytes.value = 1  # (use_original_dst: hyphal.proxy.capture)
     with pytest.raises(
-        CompileError, match=r"Listener 'outbound_http': use_original_dst: not supported"
+        CompileError,
+        match=r"Listener 'outbound_http': per_connection_buffer_limit_bytes: not supported",
     ):
         compile_listener(lst)
 

@@ -41,6 +41,10 @@ class ProxyNode:
     ports: tuple[NodePort, ...] = ()
     upstream_ports: Mapping[str, int] = field(default_factory=lambda: _EMPTY_PORTS)
     metadata_hash: str = ""
+    # transparent capture (hyphal.control.translate.capture): NONE or REDIRECT, and the
+    # service VIPs the node's namespace resolves names to (FQDN -> IP)
+    interception_mode: str = "NONE"
+    service_vips: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
     @property
     def is_sidecar(self) -> bool:
@@ -81,6 +85,14 @@ class ProxyNode:
                 f"node {node_id!r}: UPSTREAM_PORTS must map '<fqdn>:<port>' to a number ({e})"
             ) from e
         ohp = md.get("OUTBOUND_HTTP_PORT")
+        interception = str(md.get("INTERCEPTION_MODE") or "NONE").upper()
+        if interception not in ("NONE", "REDIRECT"):
+            raise NodeMetadataError(
+                f"node {node_id!r}: INTERCEPTION_MODE must be 'NONE' or 'REDIRECT', "
+                f"not {interception!r}")
+        vips = md.get("SERVICE_VIPS") or {}
+        if not isinstance(vips, Mapping):
+            raise NodeMetadataError(f"node {node_id!r}: SERVICE_VIPS must map FQDN to an IP")
         digest = hashlib.sha256(
             json.dumps([cluster, md], sort_keys=True, default=str).encode()
         ).hexdigest()[:24]
@@ -97,6 +109,8 @@ class ProxyNode:
             ports=tuple(ports),
             upstream_ports=MappingProxyType(upstream_ports),
             metadata_hash=digest,
+            interception_mode=interception,
+            service_vips=MappingProxyType({str(k): str(v) for k, v in vips.items()}),
         )
 
     @classmethod

@@ -15,7 +15,7 @@ from hyphal.config.models.destination_rule import ConsistentHashLB
 from hyphal.config.models.virtual_service import Destination, HTTPMatchRequest
 from hyphal.control.registry.model import RegistryView
 from hyphal.control.registry.node import NodePort, ProxyNode
-from hyphal.control.translate import gateway_api, naming, rbac
+from hyphal.control.translate import capture, gateway_api, naming, rbac
 from hyphal.control.translate import jwt as jwt_translate
 from hyphal.control.translate import ratelimit as ratelimit_translate
 from hyphal.control.translate.clusters import build_cluster, build_static_cluster
@@ -301,6 +301,9 @@ def _sidecar(
             cname, "127.0.0.1", np.app_port, service=_inbound_service(index, node, np),
             http2=np.protocol in ("GRPC", "HTTP2"),
         )
+    if capture.redirect(node):  # iptables capture: virtualOutbound/virtualInbound
+        capture.add(out, registry, node, services,
+                    lambda svc, port: _tcp_cluster(index, node, svc, port))
 
 
 def _inbound_service(index: MeshIndex, node: ProxyNode, np: NodePort) -> str:

@@ -18,6 +18,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
+from hyphal.proxy.compile import capture as capture_compile
 from hyphal.proxy.compile import filters as filters_compile
 from hyphal.proxy.compile import rbac as rbac_compile
 from hyphal.proxy.compile.clusters import TLS_SOCKET, check_sds
@@ -77,7 +78,7 @@ def compile_listener(lst: listener_pb2.Listener) -> ListenerSpec:
     w.only(
         lst,
         {"name", "address", "filter_chains", "stat_prefix", "traffic_direction", "metadata",
-         "listener_filters"},
+         "listener_filters", *capture_compile.FIELDS},
         "",
     )
     sa = lst.address.socket_address
@@ -102,9 +103,9 @@ def compile_listener(lst: listener_pb2.Listener) -> ListenerSpec:
                 join(cpath, "filters"),
                 "an HTTP filter chain holds only the http_connection_manager",
             )
-        return _http_listener(lst, chain, w, cpath, tls, inbound)
+        return capture_compile.apply(lst, w, _http_listener(lst, chain, w, cpath, tls, inbound))
     if last.name == TCP_PROXY:
-        return _tcp_listener(lst, chain, w, cpath, tls, inbound)
+        return capture_compile.apply(lst, w, _tcp_listener(lst, chain, w, cpath, tls, inbound))
     raise w.error(
         join(cpath, f"filters[{len(chain.filters) - 1}].name"),
         f"{last.name!r}: the last network filter must be {HCM} or {TCP_PROXY}",

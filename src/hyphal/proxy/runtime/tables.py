@@ -476,6 +476,12 @@ class ListenerSpec:
     stat_prefix: str = ""
     # jwt_authn, local_ratelimit (hyphal.proxy.filters), run before rbac; () costs nothing
     request_filters: tuple[RequestFilter, ...] = field(default=(), compare=False)
+    # Transparent capture (hyphal.proxy.capture): `use_original_dst` listeners hand each
+    # connection to the listener matching its original destination; `bind_to_port=False`
+    # listeners only receive such hand-offs, at `host:port` or an `additional_addresses` one.
+    use_original_dst: bool = False
+    bind_to_port: bool = True
+    additional_addresses: tuple[tuple[str, int], ...] = ()
 
     @property
     def is_http(self) -> bool:
