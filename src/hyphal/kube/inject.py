@@ -113,7 +113,7 @@ def bootstrap_template(pod: Mapping[str, Any], namespace: str, cfg: InjectConfig
                 continue
             ports.append({"name": str(p.get("name") or ""), "port": p["containerPort"],
                           "protocol": port_protocol(p), "app_port": p["containerPort"],
-                          "inbound_port": INBOUND_PORT})
+                          "inbound_port": p["containerPort"]})  # captured: virtualInbound
     name = workload_name(pod)
     boot = {
         "node": {"id": "${POD_NAME}.${POD_NAMESPACE}", "cluster": name, "metadata": {
@@ -121,7 +121,7 @@ def bootstrap_template(pod: Mapping[str, Any], namespace: str, cfg: InjectConfig
             "SERVICE_ACCOUNT": str(spec.get("serviceAccountName") or "default"),
             "WORKLOAD_NAME": name,
             "LABELS": {str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
-            "INSTANCE_IP": "${POD_IP}", "PROXY_MODE": "sidecar",
+            "INSTANCE_IP": "${POD_IP}", "PROXY_MODE": "sidecar", "INTERCEPTION_MODE": "REDIRECT",
             "OUTBOUND_HTTP_PORT": OUTBOUND_PORT, "PORTS": ports, "UPSTREAM_PORTS": {}}},
         "xds_address": f"{cfg.control_address}:{cfg.xds_port}",
         "ca_address": f"{cfg.control_address}:{cfg.ca_port}",
