@@ -34,6 +34,16 @@ apiVersion: hyphal.dev/v1alpha1
 kind: Service
 metadata: {name: db, namespace: shop}
 spec: {selector: {app: db}, ports: [{name: tcp, port: 5432, protocol: TCP}]}
+---
+apiVersion: hyphal.dev/v1alpha1
+kind: Workload
+metadata: {name: db, namespace: shop}
+spec: {labels: {app: db}, serviceAccount: db, ports: [{name: tcp, port: 5432, protocol: TCP}]}
+---
+apiVersion: hyphal.dev/v1alpha1
+kind: Workload
+metadata: {name: product, namespace: shop}
+spec: {labels: {app: product}, serviceAccount: product, ports: [{name: http, port: 8080}]}
 """
 DB = "db.shop.svc.cluster.local"
 
