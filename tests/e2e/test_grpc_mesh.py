@@ -10,7 +10,12 @@ SPIFFE id in XFCC metadata; an 80/20 weighted route on one gRPC method (`:path` 
 500 calls; an AuthorizationPolicy denying a method gives PERMISSION_DENIED with the reason;
 a killed server version's traffic is retried to the other without a client error (the
 retry budget of 20% + 3/s is covered because outlier detection ejects the dead version after
-two UNAVAILABLE replies).
+two UNAVAILABLE replies). With 100% trace sampling to an OTLP file, a gRPC call leaves a
+client span and a server span linked as parent and child; gRPC errors are counted as
+response_code 200 with Istio's grpc_response_status. A Service `web` whose port is declared
+HTTP2 is served by an h2c app (tests/proxy/h2/h2c_app.py): plain HTTP/1.1 requests (httpx
+through the client's sidecar as HTTP proxy) are carried over HTTP/2 and answered back in
+HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from collections import Counter
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import grpc
+import httpx
 import pytest
 from mesh_harness import HYPHAL, Mesh, free_ports, http_get, pid_alive, wait_until
 
@@ -35,6 +42,8 @@ NS = "demo"
 FQDN = "greeter.demo.svc.cluster.local"
 CLIENT_ID = "spiffe://cluster.local/ns/demo/sa/client"
 SERVICE = "hyphal.test.Greeter"
+WEB_FQDN = "web.demo.svc.cluster.local"
+H2C_APP = Path(__file__).resolve().parents[1] / "proxy" / "h2" / "h2c_app.py"
 
 SERVER_APP = '''\
 """e2e gRPC app: generic handlers, answers JSON {name, version, xfcc, method}."""
@@ -76,6 +85,13 @@ metadata: {{name: greeter, namespace: demo}}
 spec:
   selector: {{app: greeter}}
   ports: [{{name: grpc, port: 50051, protocol: GRPC}}]
+---
+apiVersion: hyphal.dev/v1alpha1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http2, port: 8080, protocol: HTTP2}}]
 ---
 apiVersion: hyphal.dev/v1alpha1
 kind: Service
@@ -130,12 +146,14 @@ class GrpcMesh(Mesh):
         self.sidecars: dict[str, dict[str, int]] = {}
 
     def add_grpc_workload(self, name: str, labels: dict[str, str], sa: str, server: bool,
-                          ports: list[int]) -> None:
-        """`ports`: five free ports (asked for together, so no two workloads share one)."""
+                          ports: list[int], h2c: bool = False) -> None:
+        """`ports`: five free ports (asked for together, so no two workloads share one);
+        `h2c`: the app is the h2c app on an HTTP2 port instead of the gRPC server."""
         app_port, inbound, outbound, admin, upstream = ports
         token_file = self.root / f"{name}.token"
         token_file.write_text(self.token(NS, sa) + "\n")
-        port = ({"name": "grpc", "port": 50051, "protocol": "GRPC"} if server
+        port = ({"name": "http2", "port": 8080, "protocol": "HTTP2"} if h2c
+                else {"name": "grpc", "port": 50051, "protocol": "GRPC"} if server
                 else {"name": "http", "port": 8080, "protocol": "HTTP"})
         bootstrap = {
             "node": {"id": f"{name}-0.{NS}", "cluster": name, "metadata": {
@@ -150,10 +168,13 @@ class GrpcMesh(Mesh):
             "token_file": str(token_file), "trust_domain": "cluster.local",
             "admin_port": admin, "access_log": str(self.root / f"{name}.access.log"),
             "cert_ttl_seconds": 3600,
+            "tracing": {"sampling": 1.0, "otlp_file": str(self.root / "spans.jsonl")},
         }
         path = self.root / f"{name}.bootstrap.json"
         path.write_text(json.dumps(bootstrap))
-        if server:
+        if h2c:
+            self._spawn(f"{name}-app", [sys.executable, str(H2C_APP), name, str(app_port)])
+        elif server:
             self._spawn(f"{name}-app", [sys.executable, str(self.root / "grpc_app.py"), name,
                                         labels["version"], str(app_port)])
         self._spawn(f"{name}-sidecar", [*HYPHAL, "proxy", "--bootstrap", str(path)])
@@ -189,23 +210,26 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcMesh]:
     m = GrpcMesh(tmp_path_factory.mktemp("grpc-mesh"))
     try:
         m.start_control(RESOURCES)
-        ports = free_ports(15)
+        ports = free_ports(20)
         m.add_grpc_workload("client", {"app": "client", "version": "v1"}, "client", False,
                             ports[:5])
+        m.add_grpc_workload("web", {"app": "web", "version": "v1"}, "web", True, ports[15:],
+                            h2c=True)
         for i, version in enumerate(("v1", "v2"), start=1):
             m.add_grpc_workload(f"greeter-{version}", {"app": "greeter", "version": version},
                                 "greeter", True, ports[5 * i:5 * i + 5])
-        for name, ports in m.sidecars.items():
+        for name, bound in m.sidecars.items():
             wait_until(f"{name}'s sidecar /ready",
-                       lambda p=ports: http_get(f"http://127.0.0.1:{p['admin']}/ready")[0] == 200,
-                       30, m._dead)
-            if name != "client":
-                wait_until(f"{name}'s gRPC app serving", partial(_serving, ports["app"]), 20,
+                       partial(lambda p: http_get(f"http://127.0.0.1:{p}/ready")[0] == 200,
+                               bound["admin"]), 30, m._dead)
+            if name.startswith("greeter"):
+                wait_until(f"{name}'s gRPC app serving", partial(_serving, bound["app"]), 20,
                            m._dead)
         for cluster, count in ((f"outbound|50051|v1|{FQDN}", 1), (f"outbound|50051|v2|{FQDN}", 1),
-                               (f"outbound|50051||{FQDN}", 2)):
+                               (f"outbound|50051||{FQDN}", 2), (f"outbound|8080||{WEB_FQDN}", 1)):
             wait_until(f"client's sidecar has {count} endpoint(s) in {cluster}",
-                       lambda c=cluster, n=count: m.endpoints("client", c) == n, 20, m._dead)
+                       partial(lambda c, n: m.endpoints("client", c) == n, cluster, count), 20,
+                       m._dead)
         yield m
     finally:
         m.stop()
@@ -280,6 +304,68 @@ def test_killed_version_is_retried_to_the_other_without_client_errors(mesh: Grpc
             seen[str(call(channel, "Hello")["name"])] += 1  # raises on any client error
     assert seen == Counter({"greeter-v1": 100}), seen
     assert mesh.metric("client", "hyphal_upstream_rq_retry") > before
+
+
+def _spans(path: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        for rs in json.loads(line)["resourceSpans"]:
+            for ss in rs["scopeSpans"]:
+                out.extend(ss["spans"])
+    return out
+
+
+def _attrs(span: dict[str, Any]) -> dict[str, Any]:
+    return {a["key"]: next(iter(a["value"].values())) for a in span.get("attributes", [])}
+
+
+def test_a_grpc_call_leaves_linked_client_and_server_spans(mesh: GrpcMesh) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with via_proxy(mesh) as channel:
+        channel.unary_unary(f"/{SERVICE}/Hello")(
+            b"t", timeout=5, metadata=(("traceparent", f"00-{trace_id}-{'cd' * 8}-01"),))
+    spans_file = mesh.root / "spans.jsonl"
+    deadline = time.monotonic() + 10
+    while True:  # spans are flushed about once a second
+        spans = [s for s in _spans(spans_file) if s["traceId"] == trace_id]
+        if len(spans) >= 2:
+            break
+        assert time.monotonic() < deadline, spans
+        time.sleep(0.2)
+    client = next(s for s in spans if s["kind"] == 3)  # CLIENT, the caller's sidecar
+    server = next(s for s in spans if s["kind"] == 2)  # SERVER, the greeter's sidecar
+    assert client["parentSpanId"] == "cd" * 8  # the app's span
+    assert server["parentSpanId"] == client["spanId"]
+    for span in (client, server):
+        attrs = _attrs(span)
+        assert attrs["rpc.system"] == "grpc" and attrs["rpc.method"] == "Hello", attrs
+        assert str(attrs["rpc.grpc.status_code"]) == "0", attrs
+
+
+def test_grpc_errors_are_200_with_grpc_response_status(mesh: GrpcMesh) -> None:
+    with via_proxy(mesh) as channel, pytest.raises(grpc.RpcError):
+        call(channel, "Secret")
+    denied = ('response_code="200",response_flags="-",grpc_response_status="7"')
+    wait_until("the client's sidecar counts PERMISSION_DENIED as 200 with status 7",
+               lambda: mesh.metric("client", "istio_requests_total{") > 0
+               and any(denied in line and 'reporter="source"' in line
+                       for line in http_get(f"http://127.0.0.1:{mesh.sidecars['client']['admin']}"
+                                            "/stats/prometheus")[1].decode().splitlines()), 5)
+
+
+def test_http11_to_an_http2_service_is_bridged_over_h2(mesh: GrpcMesh) -> None:
+    proxy = f"http://127.0.0.1:{mesh.sidecars['client']['outbound']}"
+    with httpx.Client(proxy=proxy, timeout=5, trust_env=False) as client:
+        get = client.get("http://web.demo:8080/hello?x=1")
+        post = client.post("http://web.demo:8080/upload", content=b"u" * 100_000)
+        chunks = client.get("http://web.demo:8080/chunks")
+    assert get.status_code == 200 and get.http_version == "HTTP/1.1", get.text
+    seen = get.json()
+    assert seen["name"] == "web" and seen["protocol"] == "h2" and seen["path"] == "/hello?x=1"
+    # over mTLS between the sidecars: the web sidecar vouches for the caller's identity
+    assert f"URI={CLIENT_ID}" in seen["headers"]["x-forwarded-client-cert"], seen
+    assert post.json()["size"] == 100_000
+    assert chunks.text == "one,two,three" and chunks.headers["transfer-encoding"] == "chunked"
 
 
 def test_no_process_is_left_behind(mesh: GrpcMesh) -> None:
