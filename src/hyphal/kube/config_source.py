@@ -31,6 +31,8 @@ CRD_TYPES: tuple[ResourceType, ...] = (
     ResourceType("networking.istio.io", "v1", "serviceentries", "ServiceEntry"),
     ResourceType("security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy"),
     ResourceType("security.istio.io", "v1", "peerauthentications", "PeerAuthentication"),
+    ResourceType("security.istio.io", "v1", "requestauthentications", "RequestAuthentication"),
+    ResourceType("hyphal.dev", "v1alpha1", "ratelimitpolicies", "RateLimitPolicy"),
     ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"),
     ResourceType("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute"),
 )

@@ -30,10 +30,12 @@ _VERSIONS = {
     "networking.istio.io": ("v1", "v1beta1", "v1alpha3"),
     "security.istio.io": ("v1", "v1beta1"),
     "gateway.networking.k8s.io": ("v1", "v1beta1"),
+    "hyphal.dev": ("v1alpha1",),
 }
 _GRPCROUTE_VERSIONS = ("v1", "v1alpha2")
 _SHORT = {"VirtualService": ["vs"], "DestinationRule": ["dr"], "ServiceEntry": ["se"],
-          "AuthorizationPolicy": ["ap"], "PeerAuthentication": ["pa"]}
+          "AuthorizationPolicy": ["ap"], "PeerAuthentication": ["pa"],
+          "RequestAuthentication": ["ra"], "RateLimitPolicy": ["rlp"]}
 
 
 @dataclass(frozen=True, slots=True)
