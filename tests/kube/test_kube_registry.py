@@ -61,6 +61,14 @@ metadata: {name: product, namespace: shop}
 spec:
   selector: {app: product}
   ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: hyphal.dev/v1alpha1
+kind: Workload
+metadata: {name: product, namespace: shop}
+spec:
+  labels: {app: product}
+  serviceAccount: product
+  ports: [{name: http, port: 8080}]
 """
 
 
@@ -76,7 +84,7 @@ def local_node(name: str, ip: str, version: str) -> ProxyNode:
 
 def test_service_becomes_the_hyphal_service_local_mode_would_load() -> None:
     model = service_resource(k8s_service())
-    [local] = load_text(LOCAL, "local.yaml")
+    local, _workload = load_text(LOCAL, "local.yaml")
     assert isinstance(model, Service) and isinstance(local, Service)
     assert model.spec == local.spec and model.metadata == local.metadata
 

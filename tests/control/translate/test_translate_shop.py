@@ -28,6 +28,14 @@ spec:
     - {destination: {host: product, subset: v1}, weight: 95}
     - {destination: {host: product, subset: v2}, weight: 5}
     - {destination: {host: product, subset: v3}, weight: 0}
+---
+apiVersion: hyphal.dev/v1alpha1
+kind: Workload
+metadata: {name: product-v2, namespace: shop}
+spec:
+  labels: {app: product, version: v2}
+  serviceAccount: product-v2
+  ports: [{name: web, port: 9080}]
 """
 
 FQDN = "product.shop.svc.cluster.local"

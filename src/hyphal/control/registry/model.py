@@ -60,6 +60,10 @@ class ServiceRecord:
     host: str
     selector: Mapping[str, str]
     ports: tuple[PortRecord, ...]
+    # Service accounts (in `namespace`) of the Workloads the selector picks: a connected
+    # sidecar claiming the selector's labels becomes an endpoint only with one of these
+    # identities (registry poisoning). None: the caller vouches for every node it adds.
+    service_accounts: frozenset[str] | None = None
 
 
 ServiceKey = tuple[str, int]  # (host, port)

@@ -42,6 +42,8 @@ def sidecar_endpoints(
     for svc in services:
         if svc.namespace != node.namespace or not svc.selector:
             continue
+        if svc.service_accounts is not None and node.service_account not in svc.service_accounts:
+            continue  # claims the labels but not the identity the Service is run by
         if any(node.labels.get(k) != v for k, v in svc.selector.items()):
             continue
         for sp in svc.ports:

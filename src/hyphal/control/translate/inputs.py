@@ -197,6 +197,12 @@ class MeshIndex:
                     ports=tuple(
                         PortRecord(p.number, p.name, p.protocol, p.target) for p in s.ports
                     ),
+                    service_accounts=frozenset(
+                        w.spec.service_account
+                        for w in self.workloads
+                        if w.namespace == s.namespace
+                        and all(w.spec.labels.get(k) == v for k, v in s.selector.items())
+                    ),
                 )
             )
         static: dict[ServiceKey, list[Endpoint]] = {}

@@ -11,6 +11,7 @@ after every certificate renewal, and its peers must not see it vanish for that m
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -135,6 +136,11 @@ class MeshSnapshotSource:
             return
         if not pnode.is_sidecar:
             return
+        if isinstance(node, NodeInfo) and node.peer_identity is None:
+            # the plaintext (proxyless) port proves no identity: listed, never an mTLS endpoint
+            log.warning("node %r claims PROXY_MODE sidecar over plaintext ADS; it will not be "
+                        "an endpoint of any Service (connect to the mTLS xDS port)", node.id)
+            pnode = dataclasses.replace(pnode, proxy_mode="grpc")
         with self._lock:
             self._refs[pnode.id] = self._refs.get(pnode.id, 0) + 1
         self._registry.add_node(pnode)
