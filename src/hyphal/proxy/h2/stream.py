@@ -20,6 +20,7 @@ from functools import partial
 
 from h2.exceptions import H2Error
 
+from hyphal.proxy.filters.chain import ANSWERED, run_request_filters
 from hyphal.proxy.filters.fault import decide as decide_fault
 from hyphal.proxy.h2 import grpc
 from hyphal.proxy.h2.bridge import H1Pool
@@ -89,6 +90,12 @@ class H2Exchange(H2Relay):
         if table is None:
             self._local(404, "no_route")
             return
+        auth = None  # inbound request filters (jwt_authn, local_ratelimit) run before RBAC
+        if ctx.spec.request_filters:
+            auth = run_request_filters(self, ctx.spec.request_filters, query)
+            if auth is ANSWERED:
+                return
+            head = self.head
         rbac = ctx.spec.rbac
         headers = None
         if table.needs_headers or rbac is not None:
@@ -103,7 +110,7 @@ class H2Exchange(H2Relay):
         self.route, self.vhost, self.route_name = route, vhost, route.name
         if rbac is not None:
             allowed, _policy = rbac.allowed(self.down.peer_identity, head.method, path,
-                                            self.down.port, headers or {})
+                                            self.down.port, headers or {}, auth)
             if not allowed:
                 self._local(403, "rbac_denied")
                 return
