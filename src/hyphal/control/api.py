@@ -304,8 +304,17 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "hyphal-control"
 
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        raw_length = (self.headers.get("Content-Length") or "0").strip()
+        if not (raw_length.isascii() and raw_length.isdigit()) or self.headers.get(
+                "Transfer-Encoding"):
+            # never read-until-EOF: a negative or malformed length is refused unread
+            self.close_connection = True
+            self._send(_errors(400, "send the body with a decimal Content-Length "
+                                    "(no Transfer-Encoding)"))
+            return
+        length = int(raw_length)
         if length > MAX_BODY:
+            self.close_connection = True  # the unread body must not be parsed as a request
             self._send(_errors(413, f"request body over {MAX_BODY} bytes"))
             return
         body = self.rfile.read(length) if length else b""
