@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--cert-ttl", default="24h", help="workload certificate lifetime (default 24h)")
     p.add_argument("--ready-timeout", type=float, default=60.0,
                    help="seconds each part may take to become ready (default 60)")
+    p.add_argument("--isolated", action="store_true",
+                   help="each replica in its own network namespace with iptables capture, "
+                   "as in a Kubernetes pod (root only; needs ip, iptables, setpriv)")
     p.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
     # How to run `hyphal control` / `hyphal proxy` (a command line); tests use stand-ins.
     p.add_argument("--hyphal-cmd", default=None, help=argparse.SUPPRESS)
@@ -71,6 +74,14 @@ def run(args: argparse.Namespace) -> int:
     if not mesh.workloads:
         _err(f"{args.dir} declares no Workload: nothing to run")
         return 2
+    if getattr(args, "isolated", False):
+        from hyphal.local.isolated import IsolatedError, check_prerequisites
+
+        try:
+            check_prerequisites()
+        except IsolatedError as exc:
+            _err(str(exc))
+            return 2
     if args.foreground or args.detached_child:
         return _supervise(args, run_dir, mesh, cert_ttl)
     return _detach(args, run_dir)
@@ -81,7 +92,12 @@ def _supervise(args: argparse.Namespace, run_dir: RunDir, mesh: object, cert_ttl
 
     assert isinstance(mesh, MeshSpec)
     run_dir.create()
-    plan = plan_run(mesh, run_dir.root, PortAllocator(), cert_ttl_seconds=cert_ttl)
+    net = None
+    if getattr(args, "isolated", False):
+        from hyphal.local.isolated import net_plan
+
+        net = net_plan(mesh, run_dir.root)
+    plan = plan_run(mesh, run_dir.root, PortAllocator(), cert_ttl_seconds=cert_ttl, net=net)
 
     def out(line: str) -> None:
         print(line, flush=True)
@@ -118,6 +134,8 @@ def _detach(args: argparse.Namespace, run_dir: RunDir) -> int:
             "--ready-timeout", str(args.ready_timeout), "--detached-child"]
     if args.hyphal_cmd:
         argv += ["--hyphal-cmd", args.hyphal_cmd]
+    if getattr(args, "isolated", False):
+        argv.append("--isolated")
     with open(log, "ab") as fh:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh,
                                  stderr=subprocess.STDOUT, start_new_session=True,

@@ -6,13 +6,15 @@ Pure apart from the port allocator it is given, so the mechanics are testable wi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hyphal.identity.node import NodePort
 from hyphal.identity.spiffe import spiffe_uri
+from hyphal.local import isolated
 from hyphal.local.model import MeshSpec, ServiceSpec, WorkloadSpec, env_name
+from hyphal.local.netns import NetPlan, PodNet
 from hyphal.local.ports import PortAllocator
 from hyphal.local.rundir import RunDir
 
@@ -28,10 +30,11 @@ class ControlPlan:
     api_port: int
     trust_domain: str
     cert_ttl_seconds: int
+    host: str = "127.0.0.1"  # isolated mode: the bridge address, reachable from namespaces
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.host}:{self.api_port}"
 
     def command(self, hyphal: Sequence[str], config_dir: Path) -> tuple[str, ...]:
         """`hyphal control ...` with this plan's flags; `hyphal` is how to run the CLI."""
@@ -45,6 +48,7 @@ class ControlPlan:
             "--api-port", str(self.api_port),
             "--trust-domain", self.trust_domain,
             "--cert-ttl", f"{self.cert_ttl_seconds}s",
+            *(("--host", self.host) if self.host != "127.0.0.1" else ()),
         )
 
 
@@ -68,6 +72,9 @@ class ReplicaPlan:
     app_log: Path
     sidecar_log: Path
     trust_domain: str
+    pod: PodNet | None = None  # isolated mode: its namespace and address
+    vips: Mapping[str, str] = field(default_factory=dict)  # isolated: fqdn -> VIP
+    root_cert_file: Path | None = None  # isolated: a copy UID 1337 can read
 
     @property
     def key(self) -> str:
@@ -83,14 +90,17 @@ class ReplicaPlan:
         return spiffe_uri(self.trust_domain, w.namespace, w.service_account)
 
     def app_env(self) -> dict[str, str]:
-        """Environment variables only: the app knows nothing of the mesh beyond a proxy URL."""
+        """Environment variables only: the app knows nothing of the mesh beyond a proxy URL
+        (isolated mode: not even that; iptables hands its connections to the sidecar)."""
         proxy = f"http://127.0.0.1:{self.outbound_http_port}"
-        env: dict[str, str] = {
+        env: dict[str, str] = {} if self.pod is not None else {
             "HTTP_PROXY": proxy,
             "http_proxy": proxy,
             # Service names must NOT be here: the app reaches them through its sidecar.
             "NO_PROXY": "localhost,127.0.0.1",
             "no_proxy": "localhost,127.0.0.1",
+        }
+        env |= {
             "HYPHAL_WORKLOAD": self.workload.name,
             "HYPHAL_REPLICA": str(self.replica),
             "HYPHAL_NAMESPACE": self.workload.namespace,
@@ -106,6 +116,19 @@ class ReplicaPlan:
 
     def bootstrap(self, control: ControlPlan, cert_ttl_seconds: int) -> dict[str, Any]:
         """The sidecar bootstrap file, exactly as docs/xds-conventions.md fixes it."""
+        boot = self._bootstrap(control, cert_ttl_seconds)
+        if self.pod is not None:
+            md = boot["node"]["metadata"]
+            md["INSTANCE_IP"] = self.pod.ip
+            md["INTERCEPTION_MODE"] = "REDIRECT"
+            md["SERVICE_VIPS"] = dict(self.vips)
+            boot["xds_address"] = f"{control.host}:{control.xds_port}"
+            boot["ca_address"] = f"{control.host}:{control.ca_port}"
+            if self.root_cert_file is not None:
+                boot["root_cert_file"] = str(self.root_cert_file)
+        return boot
+
+    def _bootstrap(self, control: ControlPlan, cert_ttl_seconds: int) -> dict[str, Any]:
         w = self.workload
         return {
             "node": {
@@ -142,6 +165,7 @@ class RunPlan:
     mesh: MeshSpec
     control: ControlPlan
     replicas: tuple[ReplicaPlan, ...]
+    net: NetPlan | None = None  # isolated mode
 
 
 def _tcp_upstreams(services: tuple[ServiceSpec, ...]) -> list[tuple[ServiceSpec, str, int, str]]:
@@ -162,7 +186,10 @@ def plan_run(
     *,
     trust_domain: str = "cluster.local",
     cert_ttl_seconds: int = 86400,
+    net: NetPlan | None = None,
 ) -> RunPlan:
+    """`net`: isolated mode's network plan (hyphal.local.isolated.net_plan): each replica
+    runs in its namespace with capture; ports are the declared ones, no upstream ports."""
     layout = RunDir(run_dir)
     control = ControlPlan(
         state_dir=layout.control_state,
@@ -172,7 +199,11 @@ def plan_run(
         api_port=ports.allocate(),
         trust_domain=trust_domain,
         cert_ttl_seconds=cert_ttl_seconds,
+        host=net.bridge_ip if net is not None else "127.0.0.1",
     )
+    if net is not None:
+        return RunPlan(mesh=mesh, control=control, net=net,
+                       replicas=_isolated_replicas(mesh, layout, net, trust_domain))
     upstreams = _tcp_upstreams(mesh.services)
     replicas: list[ReplicaPlan] = []
     ordered = sorted(mesh.workloads, key=lambda w: (w.is_job, w.namespace, w.name))
@@ -210,3 +241,32 @@ def plan_run(
                 trust_domain=trust_domain,
             ))
     return RunPlan(mesh=mesh, control=control, replicas=tuple(replicas))
+
+
+def _isolated_replicas(mesh: MeshSpec, layout: RunDir, net: NetPlan,
+                       trust_domain: str) -> tuple[ReplicaPlan, ...]:
+    pods = {p.replica: p for p in net.pods}
+    out: list[ReplicaPlan] = []
+    for w in sorted(mesh.workloads, key=lambda w: (w.is_job, w.namespace, w.name)):
+        for r in range(w.replicas):
+            key = f"{w.name}-{r}"
+            files = isolated.pod_dir(net, key)
+            out.append(ReplicaPlan(
+                workload=w,
+                replica=r,
+                ports=tuple(PortBinding(p.name, p.port, p.protocol.upper(), p.port, p.port)
+                            for p in w.ports),
+                outbound_http_port=isolated.OUTBOUND_PORT,
+                admin_port=isolated.ADMIN_PORT,
+                upstream_ports={},
+                upstream_env={},
+                token_file=files / "token",
+                bootstrap_file=files / "bootstrap.json",
+                app_log=layout.logs / f"{key}.log",
+                sidecar_log=layout.logs / f"{key}.sidecar.log",
+                trust_domain=trust_domain,
+                pod=pods[key],
+                vips=dict(net.vips),
+                root_cert_file=files / "root-cert.pem",
+            ))
+    return tuple(out)

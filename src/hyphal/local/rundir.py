@@ -64,6 +64,7 @@ class MeshState:
     replicas: tuple[dict[str, Any], ...] = ()
     control: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    isolated: dict[str, Any] | None = None  # hyphal.local.isolated.NetRecord (--isolated)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +78,7 @@ class MeshState:
             "control": self.control,
             "replicas": list(self.replicas),
             "processes": [p.to_json() for p in self.processes],
+            "isolated": self.isolated,
         }
 
     @staticmethod
@@ -92,6 +94,7 @@ class MeshState:
             control=dict(d.get("control") or {}),
             replicas=tuple(d.get("replicas") or ()),
             processes=tuple(ProcessRecord.from_json(p) for p in d.get("processes") or ()),
+            isolated=d.get("isolated"),
         )
 
     def process(self, name: str) -> ProcessRecord | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TypedDict, Unpack
 
 from hyphal.local import control as control_api
-from hyphal.local import procs
+from hyphal.local import isolated, procs
 from hyphal.local.backoff import Backoff, decide
 from hyphal.local.plan import ReplicaPlan, RunPlan
 from hyphal.local.probe import is_ready, request
@@ -102,6 +102,8 @@ class Supervisor:
                      "trust_domain": c.trust_domain},
             replicas=tuple(_replica_json(r) for r in self.plan.replicas),
             processes=tuple(self._records.values()),
+            isolated=(isolated.record(self.plan.net).to_json()
+                      if self.plan.net is not None else None),
         )
 
     def _save(self) -> None:
@@ -149,7 +151,9 @@ class Supervisor:
             name=name, kind=kind, log=str(log), command=tuple(argv),
             workload=replica.workload.name if replica else None,
             replica=replica.replica if replica else None,
-            admin_port=replica.admin_port if replica and kind == "sidecar" else None,
+            # Isolated sidecars' admin port is inside their namespace: not for the host.
+            admin_port=(replica.admin_port if replica and kind == "sidecar"
+                        and replica.pod is None else None),
         )
 
     async def _wait_until(self, name: str, check: Callable[[], bool], what: str, log: Path) -> None:
@@ -189,16 +193,28 @@ class Supervisor:
         token = await asyncio.to_thread(
             control_api.mint_token, self.plan.control.api, admin_token, w.namespace,
             w.service_account)
-        self.run_dir.write_private(r.token_file, token + "\n")
         boot = r.bootstrap(self.plan.control, self.plan.control.cert_ttl_seconds)
-        r.bootstrap_file.write_text(json.dumps(boot, indent=2) + "\n")
         side = f"{r.key}/sidecar"
-        side_argv = (*self.hyphal_cmd, "proxy", "--bootstrap", str(r.bootstrap_file))
+        side_argv: tuple[str, ...] = (*self.hyphal_cmd, "proxy", "--bootstrap",
+                                      str(r.bootstrap_file))
+        ready: Callable[[], bool] = lambda: is_ready(  # noqa: E731
+            f"http://127.0.0.1:{r.admin_port}/ready")
+        if r.pod is not None:  # isolated: files UID 1337 can read, run in the namespace
+            isolated.give(r.token_file, token + "\n")
+            isolated.give(r.bootstrap_file, json.dumps(boot, indent=2) + "\n")
+            if r.root_cert_file is not None:
+                isolated.give(r.root_cert_file,
+                              (self.plan.control.state_dir / "ca" / "root-cert.pem").read_bytes())
+            side_argv = isolated.sidecar_argv(r.pod.netns, side_argv)
+            ns = r.pod.netns
+            ready = lambda: isolated.http_ready(ns, r.admin_port)  # noqa: E731
+        else:
+            self.run_dir.write_private(r.token_file, token + "\n")
+            r.bootstrap_file.write_text(json.dumps(boot, indent=2) + "\n")
         self._register(side, "sidecar", side_argv, r.sidecar_log, r)
         self._save()
         await self._spawn(side, side_argv, base_env(), None, r.sidecar_log)
-        await self._wait_until(side, lambda: is_ready(f"http://127.0.0.1:{r.admin_port}/ready"),
-                               "ready", r.sidecar_log)
+        await self._wait_until(side, ready, "ready", r.sidecar_log)
         self._set(side, state="ready")
         self._tasks.append(asyncio.create_task(
             self._keep(side, side_argv, base_env(), None, r.sidecar_log, replica=r)))
@@ -207,20 +223,32 @@ class Supervisor:
         app = f"{r.key}/app"
         cwd = _working_dir(self.plan.mesh.config_dir, w.working_dir)
         env = base_env() | r.app_env()
-        self._register(app, "app", w.command, r.app_log, r)
-        await self._spawn(app, w.command, env, cwd, r.app_log)
+        app_argv = tuple(w.command)
+        ports = [b.app_port for b in r.ports]
+        up: Callable[[], bool] = lambda: all(_listening(p) for p in ports)  # noqa: E731
+        if r.pod is not None:
+            app_argv = isolated.app_argv(r.pod.netns, app_argv)
+            ns = r.pod.netns
+            up = lambda: all(isolated.listening(ns, p) for p in ports)  # noqa: E731
+        self._register(app, "app", app_argv, r.app_log, r)
+        await self._spawn(app, app_argv, env, cwd, r.app_log)
         self._tasks.append(asyncio.create_task(
-            self._keep(app, w.command, env, cwd, r.app_log, replica=r)))
+            self._keep(app, app_argv, env, cwd, r.app_log, replica=r)))
         if not w.is_job:
-            ports = [b.app_port for b in r.ports]
-            await self._wait_until(app, lambda: all(_listening(p) for p in ports),
-                                   f"listening on {ports}", r.app_log)
+            await self._wait_until(app, up, f"listening on {ports}", r.app_log)
         self.out(f"  {r.key}: sidecar pid {self._records[side].pid} ready, "
                  f"app pid {self._records[app].pid} started ({r.identity})")
 
     async def start(self) -> None:
         self.run_dir.create()
-        self._save()
+        self._save()  # with the isolated network's record, before any of it exists
+        net = self.plan.net
+        if net is not None:
+            spaces = {r.key: r.workload.namespace for r in self.plan.replicas}
+            try:
+                await asyncio.to_thread(isolated.setup, net, spaces, self.out)
+            except isolated.IsolatedError as exc:
+                raise StartupError(str(exc)) from exc
         await self._start_control()
         admin = await asyncio.to_thread(control_api.admin_token, self.plan.control.state_dir)
         # Every sidecar starts at once; a job's app waits until every long-running app is up.
@@ -316,6 +344,9 @@ class Supervisor:
         proc = self._procs.get(name)
         if rec is None or proc is None or proc.returncode is not None:
             return
+        if rec.admin_port is None:  # isolated: SIGTERM drains it as well
+            await self._terminate([name])
+            return
         try:
             await asyncio.to_thread(request, f"http://127.0.0.1:{admin_port}/quitquitquit",
                                     "POST", b"", None, 1.0)
@@ -340,6 +371,9 @@ class Supervisor:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.plan.net is not None:
+            await asyncio.to_thread(isolated.teardown, isolated.record(self.plan.net))
+            self.out("isolated network removed")
         self._set_phase("stopped")
 
     async def run(self, on_ready: Callable[[MeshState], None] | None = None) -> int:

@@ -83,6 +83,11 @@ def stop_mesh(run_dir: RunDir, grace: float = 5.0, supervisor_timeout: float = 3
     for p in left:
         if p.name not in {s.split(" (")[0] for s in stopped}:
             stopped.append(f"{p.name} (pid {p.pid})")
+    if state.isolated:  # namespaces, veths, bridge, hosts dirs: even after a crashed `up`
+        from hyphal.local.isolated import NetRecord, teardown
+
+        stopped += [f"isolated network: {x}" for x in
+                    teardown(NetRecord.from_json(state.isolated))]
     final = replace(
         state,
         phase="stopped",
