@@ -32,6 +32,7 @@ from hyphal.proxy.h2.upstream import H2Pool
 from hyphal.proxy.http.headers import header_map
 from hyphal.proxy.http.request import redirect_location
 from hyphal.proxy.resilience.backoff import Backoff, FailureKind
+from hyphal.proxy.pathnorm import normalized
 from hyphal.proxy.router import Target, rewrite_path, select_route
 from hyphal.proxy.runtime.tables import (
     ClusterAction,
@@ -85,7 +86,16 @@ class H2Exchange(H2Relay):
             self._local(400, "bad_request_target")
             return
         path, _, query = head.path.partition("?")
-        target = Target(head.authority, path, query, False)
+        target: Target | None = Target(head.authority, path, query, False)
+        if ctx.spec.is_inbound:
+            target = normalized(target)  # what RBAC, routes and the app see (pathnorm)
+            if target is None:
+                self._local(400, "bad_request_target")
+                return
+            if target.path != path:
+                self.head = head = replace(head, path=target.origin)
+            path = target.path
+        assert target is not None
         table = config.route_table_for(ctx.spec)
         if table is None:
             self._local(404, "no_route")

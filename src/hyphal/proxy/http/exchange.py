@@ -36,8 +36,22 @@ from hyphal.proxy.http.headers import header_map
 from hyphal.proxy.http.relay import CONTINUE, Downstream, Outcome
 from hyphal.proxy.http.request import upstream_request_head
 from hyphal.proxy.resilience.backoff import FailureKind
+from hyphal.proxy.pathnorm import normalized
 from hyphal.proxy.router import Target, parse_target, select_route
-from hyphal.proxy.runtime.rbac import AndRule, HeaderRule, NotRule, OrRule, RbacEngine, Rule
+from hyphal.proxy.runtime.rbac import (
+    AndRule,
+    AnyRule,
+    AuthenticatedRule,
+    MetadataRule,
+    MethodRule,
+    NotRule,
+    OrRule,
+    PathRule,
+    PortRule,
+    PrincipalRule,
+    RbacEngine,
+    Rule,
+)
 from hyphal.proxy.runtime.tables import (
     ClusterAction,
     ClusterSpec,
@@ -102,14 +116,18 @@ class First:
         self.outcome = outcome
 
 
+# Rules that never look at request headers; any other kind (HeaderRule, or one added later)
+# gets the header map.
+_HEADER_FREE = (AnyRule, PrincipalRule, AuthenticatedRule, MetadataRule, PathRule, MethodRule,
+                PortRule)
+
+
 def _rule_needs_headers(rule: Rule) -> bool:
-    if isinstance(rule, HeaderRule):
-        return True
     if isinstance(rule, AndRule | OrRule):
         return any(_rule_needs_headers(r) for r in rule.rules)
     if isinstance(rule, NotRule):
         return _rule_needs_headers(rule.rule)
-    return False
+    return not isinstance(rule, _HEADER_FREE)
 
 
 _RBAC_HEADERS: dict[int, tuple[RbacEngine, bool]] = {}
@@ -222,6 +240,8 @@ class Exchange(Attempts):
         head = self.head
         ctx = self.ctx
         target = parse_target(head.target, head.host)
+        if target is not None and ctx.spec.is_inbound:
+            target = normalized(target)  # what RBAC, routes and the app see (pathnorm)
         if target is None:
             self._local(400, "bad_request_target")
             return None
