@@ -100,6 +100,40 @@ spec:
   selector: {{app: client}}
   ports: [{{name: http, port: 8080, protocol: HTTP}}]
 ---
+# A sidecar becomes a Service's endpoint only with the service account of a Workload the
+# Service selects (docs/security.md), so each workload is declared.
+apiVersion: hyphal.dev/v1alpha1
+kind: Workload
+metadata: {{name: greeter-v1, namespace: demo}}
+spec:
+  labels: {{app: greeter, version: v1}}
+  serviceAccount: greeter
+  ports: [{{name: grpc, port: 50051, protocol: GRPC}}]
+---
+apiVersion: hyphal.dev/v1alpha1
+kind: Workload
+metadata: {{name: greeter-v2, namespace: demo}}
+spec:
+  labels: {{app: greeter, version: v2}}
+  serviceAccount: greeter
+  ports: [{{name: grpc, port: 50051, protocol: GRPC}}]
+---
+apiVersion: hyphal.dev/v1alpha1
+kind: Workload
+metadata: {{name: web, namespace: demo}}
+spec:
+  labels: {{app: web, version: v1}}
+  serviceAccount: web
+  ports: [{{name: http2, port: 8080, protocol: HTTP2}}]
+---
+apiVersion: hyphal.dev/v1alpha1
+kind: Workload
+metadata: {{name: client, namespace: demo}}
+spec:
+  labels: {{app: client, version: v1}}
+  serviceAccount: client
+  ports: [{{name: http, port: 8080, protocol: HTTP}}]
+---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: greeter, namespace: demo}}
