@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
+# HYPHAL_SRC runs the sidecars from another source tree (an A/B against an older commit).
+sys.path.insert(0, os.environ.get("HYPHAL_SRC", str(ROOT / "src")))
 
 PORTS = {"app": 24100, "ha1": 24101, "ha2": 24102, "sa_out": 24103, "sb_in": 24104,
          "s1_out": 24105, "ha_single": 24106}
@@ -373,6 +374,8 @@ def main() -> None:
                 res = asyncio.run(both())
                 paced[label] = (res["rps"], holder["rss"])
             paced["sidecar-2tls B"] = (paced["sidecar-2tls A"][0], rss_mb(side_b.pid))
+            haproxy_rss = {"haproxy-1": rss_mb(ha_single.pid),
+                           "haproxy-2tls (both hops)": rss_mb(ha_hops.pid)}
         finally:
             procs.stop_all()
     print()
@@ -395,6 +398,8 @@ def main() -> None:
           f"ratio {added_side / added_ha if added_ha > 0 else float('nan'):.2f} (target <= 1.2)")
     for label, (rps, rss) in paced.items():
         print(f"RSS at ~{rps:.0f} req/s: {label}: {rss:.1f} MB (target <= 40)")
+    for label, rss in haproxy_rss.items():
+        print(f"RSS after the runs: {label}: {rss:.1f} MB")
 
 
 if __name__ == "__main__":

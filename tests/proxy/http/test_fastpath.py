@@ -253,3 +253,26 @@ async def test_client_leaving_mid_attempt_releases_everything(rig_for: Any) -> N
     [line] = rig.log_lines()
     assert line["reason"] == "downstream_disconnect"
     assert runtime.breaker.admit_request()  # the admission was given back
+
+
+def test_rbac_header_map_only_for_header_rules() -> None:
+    from hyphal.proxy.http.exchange import rbac_needs_headers
+    from hyphal.proxy.runtime.matchers import HeaderMatcher
+    from hyphal.proxy.runtime.tables import (
+        AnyRule,
+        HeaderRule,
+        NotRule,
+        OrRule,
+        PrincipalRule,
+        RbacEngine,
+        RbacPolicy,
+        StringKind,
+        StringMatch,
+    )
+
+    principal = PrincipalRule(StringMatch(StringKind.EXACT, "spiffe://td/ns/a/sa/b"))
+    plain = RbacEngine(allow=(RbacPolicy("p", AnyRule(), OrRule((principal,))),))
+    assert not rbac_needs_headers(plain)
+    header = HeaderRule(HeaderMatcher("x-user", StringMatch(StringKind.EXACT, "x")))
+    deny = RbacEngine(deny=(RbacPolicy("d", OrRule((NotRule(header),)), AnyRule()),))
+    assert rbac_needs_headers(deny)
