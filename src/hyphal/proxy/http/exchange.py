@@ -36,6 +36,7 @@ from hyphal.proxy.http.headers import header_map
 from hyphal.proxy.http.relay import CONTINUE, Downstream, Outcome
 from hyphal.proxy.http.request import upstream_request_head
 from hyphal.proxy.resilience.backoff import FailureKind
+from hyphal.proxy.pathnorm import normalized
 from hyphal.proxy.router import Target, parse_target, select_route
 from hyphal.proxy.runtime.rbac import (
     AndRule,
@@ -239,6 +240,8 @@ class Exchange(Attempts):
         head = self.head
         ctx = self.ctx
         target = parse_target(head.target, head.host)
+        if target is not None and ctx.spec.is_inbound:
+            target = normalized(target)  # what RBAC, routes and the app see (pathnorm)
         if target is None:
             self._local(400, "bad_request_target")
             return None
