@@ -84,3 +84,20 @@ def test_a_plaintext_ads_node_never_becomes_an_endpoint() -> None:
                       peer_identity="spiffe://cluster.local/ns/shop/sa/payment")
     src.node_connected(proven)
     assert len(src.registry.view().endpoints_for(PAYMENT, 8080)) == 1
+
+
+def test_a_plaintext_node_reusing_a_sidecars_id_cannot_displace_it() -> None:
+    """A plaintext client claiming a connected sidecar's node id, connecting and leaving,
+    must not take the sidecar's endpoints with it."""
+    src = MeshSnapshotSource(ResourceSet(load_text(MESH, "mesh.yaml")), ca_bundle=b"")
+    md = _metadata("payment", {"app": "payment"}, 23032)
+    proven = NodeInfo(id="payment-0.shop", cluster="payment", metadata=md, namespace="shop",
+                      service_account="payment", proxy_mode="sidecar",
+                      peer_identity="spiffe://cluster.local/ns/shop/sa/payment")
+    impostor = NodeInfo(id="payment-0.shop", cluster="payment", metadata=md, namespace="shop",
+                        service_account="payment", proxy_mode="sidecar", peer_identity=None)
+    src.node_connected(proven)
+    src.node_connected(impostor)
+    assert len(src.registry.view().endpoints_for(PAYMENT, 8080)) == 1
+    src.node_disconnected(impostor)
+    assert len(src.registry.view().endpoints_for(PAYMENT, 8080)) == 1

@@ -136,18 +136,19 @@ class MeshSnapshotSource:
             return
         if not pnode.is_sidecar:
             return
-        if isinstance(node, NodeInfo) and node.peer_identity is None:
-            # the plaintext (proxyless) port proves no identity: listed, never an mTLS endpoint
+        if _plaintext(node):
+            # the plaintext (proxyless) port proves no identity: listed, never an mTLS endpoint,
+            # and under its own registry id so it cannot displace a sidecar claiming the same id
             log.warning("node %r claims PROXY_MODE sidecar over plaintext ADS; it will not be "
                         "an endpoint of any Service (connect to the mTLS xDS port)", node.id)
-            pnode = dataclasses.replace(pnode, proxy_mode="grpc")
+            pnode = dataclasses.replace(pnode, id=_registry_id(node), proxy_mode="grpc")
         with self._lock:
             self._refs[pnode.id] = self._refs.get(pnode.id, 0) + 1
         self._registry.add_node(pnode)
 
     def node_disconnected(self, node: NodeInfo | ProxyNode) -> None:
         """on_disconnect hook: the last stream of a node closed -> its endpoints go away."""
-        node_id = node.id
+        node_id = _registry_id(node)
         with self._lock:
             left = self._refs.get(node_id, 0) - 1
             if left > 0:
@@ -175,3 +176,12 @@ class MeshSnapshotSource:
             listeners = list(self._listeners)
         for cb in listeners:
             cb()
+
+
+def _plaintext(node: NodeInfo | ProxyNode) -> bool:
+    return isinstance(node, NodeInfo) and node.peer_identity is None
+
+
+def _registry_id(node: NodeInfo | ProxyNode) -> str:
+    """The registry key of a node: its id, kept apart for identity-less plaintext nodes."""
+    return f"plaintext~{node.id}" if _plaintext(node) else node.id
