@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	@command -v iptables >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get install -y -q iptables >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q iptables >/dev/null; }; } || true; }
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

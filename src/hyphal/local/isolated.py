@@ -13,6 +13,7 @@ down` tears it all down even after `up` crashed half-way; teardown is idempotent
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -143,6 +144,8 @@ def teardown(rec: NetRecord) -> list[str]:
         if os.path.isdir(d):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(f"rm {d}")
+    with contextlib.suppress(OSError):
+        POD_FILES.rmdir()  # only when no other isolated mesh uses it
     return removed
 
 

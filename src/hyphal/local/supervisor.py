@@ -428,6 +428,7 @@ def _replica_json(r: ReplicaPlan) -> dict[str, object]:
         "upstream_ports": dict(r.upstream_ports),
         "bootstrap": str(r.bootstrap_file), "token_file": str(r.token_file),
         "app_log": str(r.app_log), "sidecar_log": str(r.sidecar_log),
+        **({"netns": r.pod.netns, "pod_ip": r.pod.ip} if r.pod is not None else {}),
     }
 
 
