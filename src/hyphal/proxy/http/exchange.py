@@ -33,37 +33,20 @@ from hyphal.proxy.http.attempts import Attempts
 from hyphal.proxy.http.codec import RequestHead
 from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.headers import header_map
+from hyphal.proxy.http.plan import First, Plan, Routed, rbac_needs_headers
 from hyphal.proxy.http.relay import CONTINUE, Downstream, Outcome
 from hyphal.proxy.http.request import upstream_request_head
-from hyphal.proxy.resilience.backoff import FailureKind
 from hyphal.proxy.pathnorm import normalized
-from hyphal.proxy.router import Target, parse_target, select_route
-from hyphal.proxy.runtime.rbac import (
-    AndRule,
-    AnyRule,
-    AuthenticatedRule,
-    MetadataRule,
-    MethodRule,
-    NotRule,
-    OrRule,
-    PathRule,
-    PortRule,
-    PrincipalRule,
-    RbacEngine,
-    Rule,
-)
+from hyphal.proxy.resilience.backoff import FailureKind
+from hyphal.proxy.router import parse_target, select_route
 from hyphal.proxy.runtime.tables import (
     ClusterAction,
-    ClusterSpec,
     DirectResponse,
     EndpointSpec,
     LbPolicy,
     ProxyConfig,
     RedirectAction,
-    Route,
-    VirtualHost,
 )
-from hyphal.proxy.upstream.cluster import ClusterRuntime
 from hyphal.proxy.upstream.policy import (
     caller_budget,
     effective_deadline,
@@ -79,73 +62,6 @@ log = logging.getLogger(__name__)
 
 _HASHING = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})
 _NOTHING: frozenset[str] = frozenset()
-
-Routed = tuple[Target, VirtualHost, Route]
-
-
-class Plan:
-    """What `_plan` decided for one request: cluster, admission, upstream head, deadline.
-    Built once per request and never changed (a plain slotted class: cheaper than a
-    dataclass on this path)."""
-
-    __slots__ = ("deadline", "grpc", "route", "runtime", "spec", "target", "up_head",
-                 "up_source", "vhost")
-
-    def __init__(self, target: Target, vhost: VirtualHost, route: Route, spec: ClusterSpec,
-                 runtime: ClusterRuntime, up_head: bytes, up_source: RequestHead,
-                 deadline: float | None, grpc: bool) -> None:
-        self.target = target
-        self.vhost = vhost
-        self.route = route
-        self.spec = spec
-        self.runtime = runtime
-        self.up_head = up_head
-        self.up_source = up_source
-        self.deadline = deadline
-        self.grpc = grpc
-
-
-class First:
-    """Where the general path resumes after the fast path: an endpoint already picked, and
-    the outcome of a try already made on it (None: no try yet, connect to it)."""
-
-    __slots__ = ("endpoint", "outcome")
-
-    def __init__(self, endpoint: EndpointSpec, outcome: Outcome | None) -> None:
-        self.endpoint = endpoint
-        self.outcome = outcome
-
-
-# Rules that never look at request headers; any other kind (HeaderRule, or one added later)
-# gets the header map.
-_HEADER_FREE = (AnyRule, PrincipalRule, AuthenticatedRule, MetadataRule, PathRule, MethodRule,
-                PortRule)
-
-
-def _rule_needs_headers(rule: Rule) -> bool:
-    if isinstance(rule, AndRule | OrRule):
-        return any(_rule_needs_headers(r) for r in rule.rules)
-    if isinstance(rule, NotRule):
-        return _rule_needs_headers(rule.rule)
-    return not isinstance(rule, _HEADER_FREE)
-
-
-_RBAC_HEADERS: dict[int, tuple[RbacEngine, bool]] = {}
-
-
-def rbac_needs_headers(engine: RbacEngine) -> bool:
-    """Whether any rule of `engine` looks at request headers (cached per engine)."""
-    found = _RBAC_HEADERS.get(id(engine))
-    if found is not None and found[0] is engine:
-        return found[1]
-    policies = engine.deny + (engine.allow or ())
-    needs = any(_rule_needs_headers(p.permissions) or _rule_needs_headers(p.principals)
-                for p in policies)
-    if len(_RBAC_HEADERS) > 64:
-        _RBAC_HEADERS.clear()
-    _RBAC_HEADERS[id(engine)] = (engine, needs)
-    return needs
-
 
 class Exchange(Attempts):
     """One request/response exchange: `start()` takes the fast path or starts `run()`."""
