@@ -208,3 +208,50 @@ def test_down_removes_everything(mesh: tuple[MeshState, Path]) -> None:
         state.supervisor_pid, state.supervisor_start_ticks)
     again = hyphal("down", "--run-dir", str(run))  # idempotent
     assert again.returncode == 0, again.stderr
+
+
+def test_down_after_a_crashed_up_removes_the_network(tmp_path: Path) -> None:
+    """mesh.json records the network before it exists: a supervisor killed mid-setup (here:
+    setup done, nothing started) still leaves `down` everything to remove."""
+    from hyphal.local.isolated import net_plan, record, setup
+    from hyphal.local.model import load_mesh
+
+    run = RunDir(tmp_path / "run")
+    run.create()
+    mesh = load_mesh(SHOP / "mesh")
+    net = net_plan(mesh, run.root)
+    run.write_state(MeshState(api="", state_dir="", supervisor_pid=None,
+                              supervisor_start_ticks=None, phase="starting",
+                              config_dir=str(SHOP), isolated=record(net).to_json()))
+    try:
+        setup(net, {p.replica: "shop" for p in net.pods}, out=lambda _: None)
+        assert net.pods[0].netns in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                   text=True).stdout
+    finally:
+        down = hyphal("down", "--run-dir", str(run.root))
+    assert down.returncode == 0, down.stderr
+    assert "isolated network" in down.stdout
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert not any(p.netns in listed for p in net.pods)
+    assert net.bridge not in links and not any(f" {p.veth}@" in links for p in net.pods)
+    assert not any(Path(d).exists() for d in record(net).dirs)
+
+
+def test_not_root_is_a_clear_error() -> None:
+    import shutil
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    home = tempfile.mkdtemp(prefix="hyphal-nonroot-")
+    os.chown(home, 1000, 1000)
+    try:
+        done = subprocess.run(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
+                               sys.executable, "-m", "hyphal", "up", "--isolated", str(SHOP),
+                               "--run-dir", f"{home}/run"],
+                              capture_output=True, text=True, timeout=60, check=False, env=env,
+                              cwd="/")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "needs root" in done.stderr and "sudo" in done.stderr
