@@ -262,7 +262,7 @@ def _extract(headers: list[tuple[bytes, bytes]], query: str, loc: TokenLocation
 class JwtFilter:
     """The jwt_authn filter of one listener: providers, and a cache of verified tokens."""
 
-    __slots__ = ("_cache", "allow_failed", "allow_missing", "providers")
+    __slots__ = ("_cache", "_payload_headers", "allow_failed", "allow_missing", "providers")
 
     def __init__(self, providers: tuple[JwtProvider, ...], *, allow_missing: bool = True,
                  allow_failed: bool = False) -> None:
@@ -270,6 +270,10 @@ class JwtFilter:
         self.allow_missing = allow_missing  # Istio's semantics: no token, no principal
         self.allow_failed = allow_failed  # allow_missing_or_failed
         self._cache: OrderedDict[str, tuple[float, _Result]] = OrderedDict()
+        # Every provider's payload header: only this filter may set one (a caller's own copy
+        # would read as verified claims to the app).
+        self._payload_headers = frozenset(p.payload_header.encode("latin-1")
+                                          for p in providers if p.payload_header is not None)
 
     def _verify(self, token: str, now: float) -> _Result:
         hit = self._cache.get(token)
@@ -315,16 +319,15 @@ class JwtFilter:
         return None
 
     def apply(self, state: RequestState, now: float) -> None:
+        # The app must not mistake a caller's own payload header for a verified one: drop
+        # them all first, whatever the token (none, invalid but allowed, another provider's).
+        spoofable = self._payload_headers
+        if spoofable and any(n.lower() in spoofable for n, _ in state.headers):
+            state.headers = [(n, v) for n, v in state.headers if n.lower() not in spoofable]
         found = self._find(state)
         if found is None:
             if not self.allow_missing and not self.allow_failed:
                 state.reply = LocalReply(401, "jwt_missing")
-                return
-            # The app must not mistake a caller's own payload header for a verified one.
-            spoofable = {p.payload_header.encode("latin-1") for p in self.providers
-                         if p.payload_header is not None}
-            if spoofable and any(n.lower() in spoofable for n, _ in state.headers):
-                state.headers = [(n, v) for n, v in state.headers if n.lower() not in spoofable]
             return
         token, loc = found
         result = self._verify(token, now)
@@ -347,7 +350,6 @@ class JwtFilter:
             drop = loc.header.encode("latin-1")
             headers = [(n, v) for n, v in headers if n.lower() != drop]
         if provider.payload_header is not None:
-            name = provider.payload_header.encode("latin-1")
-            headers = [(n, v) for n, v in headers if n.lower() != name]
-            headers.append((name, token.split(".")[1].encode("ascii")))
+            headers = [*headers, (provider.payload_header.encode("latin-1"),
+                                  token.split(".")[1].encode("ascii"))]
         state.headers = headers
