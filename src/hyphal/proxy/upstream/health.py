@@ -37,9 +37,8 @@ class _ProbeProtocol(asyncio.Protocol):
         self.status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The request waits for `open_endpoint`'s peer identity check (see `probe`).
         self.transport = cast(asyncio.Transport, transport)
-        if self.request is not None:
-            self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -69,6 +68,7 @@ async def probe(spec: ClusterSpec, check: HealthCheckSpec, pool: ConnectionPool,
                 lambda: _ProbeProtocol(request), endpoint, spec, pool.tls, timeout_s)
             if request is None:
                 return CheckResult.PASS
+            transport.write(request)  # only now: the peer's SPIFFE id has been checked
             status = await proto.status
     except (TimeoutError, ConnectFailure, OSError):
         return CheckResult.NETWORK_FAIL
