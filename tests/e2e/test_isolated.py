@@ -136,6 +136,8 @@ def test_comes_up_in_namespaces(mesh: tuple[MeshState, Path]) -> None:
         "frontend", "product-v1", "product-v2", "order", "payment"}
     for r in view["replicas"]:
         assert r["app"]["alive"] and r["sidecar"]["alive"], r
+        # the admin port stays inside the namespace; status reads it from there
+        assert r["ready"] and r["cert_expiry"], r
 
 
 def test_apps_without_proxy_settings_reach_services(mesh: tuple[MeshState, Path]) -> None:

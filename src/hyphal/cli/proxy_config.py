@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         state = RunDir(args.run_dir).require_state()
         r = find_replica(state, args.workload, args.replica)
-        dump = config_dump(int(r["admin_port"]))
+        dump = config_dump(r)
     except (FileNotFoundError, NoSuchReplica) as exc:
         print(f"hyphal proxy-config: {exc}", file=sys.stderr)
         return 1

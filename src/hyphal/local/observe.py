@@ -8,13 +8,14 @@ such instead of failing the whole report.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from hyphal.control.client import ADMIN_TOKEN_FILE, ClientError, read_admin_token
 from hyphal.local import configdump, procs
 from hyphal.local.control import local_api
-from hyphal.local.probe import HttpError, get_json, is_ready
+from hyphal.local.probe import HttpError, is_ready, request
 from hyphal.local.rundir import MeshState, ProcessRecord
 
 
@@ -74,11 +75,37 @@ def find_replica(state: MeshState, workload: str, replica: int | None) -> dict[s
     )
 
 
-def config_dump(admin_port: int, timeout: float = 2.0) -> dict[str, Any]:
-    dump = get_json(f"http://127.0.0.1:{admin_port}/config_dump", timeout=timeout)
+def admin_get(r: dict[str, Any], path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """GET `path` on a replica's sidecar admin port (127.0.0.1 on the host, or inside the
+    replica's network namespace in isolated mode, where the admin port stays private)."""
+    port = int(r["admin_port"])
+    netns = r.get("netns")
+    if netns:
+        from hyphal.local.isolated import http_get
+
+        try:
+            return http_get(str(netns), port, path, timeout)
+        except (OSError, ValueError, IndexError) as exc:
+            raise HttpError(f"GET {path} on :{port} in netns {netns}: {exc}") from exc
+    return request(f"http://127.0.0.1:{port}{path}", timeout=timeout)
+
+
+def config_dump(r: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
+    """A replica's sidecar `/config_dump` (see `admin_get` for where it is read)."""
+    status, body = admin_get(r, "/config_dump", timeout)
+    if status != 200:
+        raise HttpError(f"/config_dump on :{r['admin_port']}: HTTP {status}")
+    dump = json.loads(body)
     if not isinstance(dump, dict):
-        raise HttpError(f"/config_dump on :{admin_port} is not a JSON object")
+        raise HttpError(f"/config_dump on :{r['admin_port']} is not a JSON object")
     return dump
+
+
+def _ready(r: dict[str, Any]) -> bool:
+    try:
+        return admin_get(r, "/ready", 1.0)[0] == 200
+    except HttpError:
+        return False
 
 
 def sync_state(control: dict[str, Any], node_id: str) -> str:
@@ -101,12 +128,11 @@ def replica_view(state: MeshState, r: dict[str, Any],
                  control: dict[str, Any] | None = None) -> ReplicaView:
     key = r["key"]
     sidecar = _proc(state.process(f"{key}/sidecar"))
-    admin = int(r["admin_port"])
-    ready = sidecar.alive and is_ready(f"http://127.0.0.1:{admin}/ready")
+    ready = sidecar.alive and _ready(r)
     dump: dict[str, Any] | None = None
     if sidecar.alive:
         try:
-            dump = config_dump(admin)
+            dump = config_dump(r)
         except (HttpError, ValueError):
             dump = None
     return ReplicaView(
