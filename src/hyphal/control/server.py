@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hyphal.control import statelock
 from hyphal.control.api import ApiHandlers, ApiServer, load_or_create_admin_token
 from hyphal.control.health import Readiness, build_status, ca_status
 from hyphal.control.store import Store
@@ -64,6 +65,7 @@ class ControlPlane:
     _stack: list[Any] = field(default_factory=list)  # things to stop, in start order
     _api: ApiServer | None = None
     _status: dict[str, Any] = field(default_factory=dict)
+    _lock: int | None = None  # statelock descriptor: one control plane per state dir
 
     async def start(self) -> dict[str, int | None]:
         """Start every part; raises StoreLoadError / OSError with what to fix."""
@@ -80,6 +82,7 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(opts.state_dir, 0o700)
+        self._lock = statelock.acquire(opts.state_dir)  # before anything is read or written
         admin_token = load_or_create_admin_token(opts.state_dir)
         store = self.store = Store(opts.state_dir, opts.config_dir, opts.trust_domain)
 
@@ -202,6 +205,9 @@ class ControlPlane:
         if self._api is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._api.stop)
             self._api = None
+        if self._lock is not None:
+            statelock.release(self._lock)
+            self._lock = None
 
 
 def write_ports(state_dir: Path, ports: Mapping[str, int | None]) -> None:
