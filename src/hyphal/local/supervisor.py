@@ -210,7 +210,7 @@ class Supervisor:
             ready = lambda: isolated.http_ready(ns, r.admin_port)  # noqa: E731
         else:
             self.run_dir.write_private(r.token_file, token + "\n")
-            r.bootstrap_file.write_text(json.dumps(boot, indent=2) + "\n")
+            self.run_dir.write_private(r.bootstrap_file, json.dumps(boot, indent=2) + "\n")
         self._register(side, "sidecar", side_argv, r.sidecar_log, r)
         self._save()
         await self._spawn(side, side_argv, base_env(), None, r.sidecar_log)
