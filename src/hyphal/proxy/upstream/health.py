@@ -83,7 +83,7 @@ async def probe(spec: ClusterSpec, check: HealthCheckSpec, pool: ConnectionPool,
 class ActiveHealth:
     """The health checker and prober task of one cluster."""
 
-    __slots__ = ("checker", "pool", "prober", "spec", "task", "cluster")
+    __slots__ = ("checker", "cluster", "pool", "prober", "spec", "task")
 
     def __init__(self, cluster: ClusterSpec, pool: ConnectionPool) -> None:
         assert cluster.health_check is not None
