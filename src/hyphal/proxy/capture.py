@@ -29,7 +29,7 @@ from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.server import HttpDownstream
 from hyphal.proxy.runtime.tables import ListenerSpec
 from hyphal.proxy.tcp import TcpDownstream
-from hyphal.proxy.transport.inspector import is_tls
+from hyphal.proxy.transport.inspector import is_tls, peek_first_byte
 from hyphal.proxy.transport.original_dst import original_dst
 
 __all__ = ["CaptureServer", "UnboundServer", "pick", "serve"]
@@ -137,7 +137,7 @@ class CaptureServer:
                 conn.close()
                 return
             if spec.tls is not None and spec.tls.permissive:
-                tls = is_tls(await self._peek(conn))
+                tls = is_tls(await peek_first_byte(conn, self._sniff_timeout))
             ssl_ctx = self._ctx.tls.server_context if tls else None
         if spec.is_http:
             factory = http_factory(ctx, lambda: HttpDownstream(ctx), tls)
@@ -151,25 +151,6 @@ class CaptureServer:
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             log.debug("%s: captured connection dropped during setup: %s", spec.name, exc)
             conn.close()
-
-    async def _peek(self, conn: socket.socket) -> bytes:
-        """The first byte a client sends (left in the socket), b"" if none in time."""
-        loop = asyncio.get_running_loop()
-        readable: asyncio.Future[None] = loop.create_future()
-        fd = conn.fileno()
-
-        def ready() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        loop.add_reader(fd, ready)
-        try:
-            await asyncio.wait_for(readable, self._sniff_timeout)
-            return conn.recv(1, socket.MSG_PEEK)
-        except (TimeoutError, OSError):
-            return b""
-        finally:
-            loop.remove_reader(fd)
 
     def close(self) -> None:
         if self._accepting is not None:

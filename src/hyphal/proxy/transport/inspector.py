@@ -17,7 +17,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
-__all__ = ["TLS_HANDSHAKE", "InspectingServer", "is_tls"]
+__all__ = ["TLS_HANDSHAKE", "InspectingServer", "is_tls", "peek_first_byte"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,27 @@ ProtocolFactory = Callable[[], asyncio.Protocol]
 def is_tls(first: bytes) -> bool:
     """Whether a connection's first bytes start a TLS handshake record."""
     return bool(first) and first[0] == TLS_HANDSHAKE
+
+
+async def peek_first_byte(conn: socket.socket, timeout_s: float) -> bytes:
+    """The first byte a client sends on non-blocking `conn` (left in the socket), b"" if
+    none within `timeout_s` or the socket failed."""
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+    fd = conn.fileno()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await asyncio.wait_for(readable, timeout_s)
+        return conn.recv(1, socket.MSG_PEEK)
+    except (TimeoutError, OSError):
+        return b""
+    finally:
+        loop.remove_reader(fd)
 
 
 class InspectingServer:
@@ -70,22 +91,7 @@ class InspectingServer:
 
     async def _dispatch(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        readable: asyncio.Future[None] = loop.create_future()
-        fd = conn.fileno()
-
-        def ready() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        loop.add_reader(fd, ready)
-        try:
-            await asyncio.wait_for(readable, self._sniff_timeout)
-            first = conn.recv(1, socket.MSG_PEEK)
-        except (TimeoutError, OSError):
-            conn.close()
-            return
-        finally:
-            loop.remove_reader(fd)
+        first = await peek_first_byte(conn, self._sniff_timeout)
         if not first:
             conn.close()
             return
