@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from envoy.config.rbac.v3 import rbac_pb2
 
@@ -26,25 +26,28 @@ from hyphal.proxy.runtime.tables import (
     StringKind,
 )
 
+_Msg = TypeVar("_Msg")
+
+
+def _each(build: Callable[[_Msg, Where, str], Rule], items: Iterable[_Msg], w: Where,
+          path: str, field: str) -> tuple[Rule, ...]:
+    """`build` applied to each of the repeated field `field` at `path`, paths `field[i]`."""
+    return tuple(build(r, w, join(path, f"{field}[{i}]")) for i, r in enumerate(items))
+
+
+def _url_path(m: Any, w: Where, path: str) -> Rule:
+    w.only(m, {"path"}, path)
+    return PathRule(string_match(m.path, w, join(path, "path")))
+
 
 def permission(p: rbac_pb2.Permission, w: Where, path: str) -> Rule:
     kind = p.WhichOneof("rule")
     if kind == "any":
         return AnyRule()
     if kind == "and_rules":
-        return AndRule(
-            tuple(
-                permission(r, w, join(path, f"and_rules.rules[{i}]"))
-                for i, r in enumerate(p.and_rules.rules)
-            )
-        )
+        return AndRule(_each(permission, p.and_rules.rules, w, path, "and_rules.rules"))
     if kind == "or_rules":
-        return OrRule(
-            tuple(
-                permission(r, w, join(path, f"or_rules.rules[{i}]"))
-                for i, r in enumerate(p.or_rules.rules)
-            )
-        )
+        return OrRule(_each(permission, p.or_rules.rules, w, path, "or_rules.rules"))
     if kind == "not_rule":
         return NotRule(permission(p.not_rule, w, join(path, "not_rule")))
     if kind == "header":
@@ -60,8 +63,7 @@ def permission(p: rbac_pb2.Permission, w: Where, path: str) -> Rule:
             return MethodRule(frozenset({sm.value}))
         return HeaderRule(hm)
     if kind == "url_path":
-        w.only(p.url_path, {"path"}, join(path, "url_path"))
-        return PathRule(string_match(p.url_path.path, w, join(path, "url_path.path")))
+        return _url_path(p.url_path, w, join(path, "url_path"))
     if kind == "destination_port":
         return PortRule(frozenset({p.destination_port}))
     raise w.error(join(path, str(kind)), "not supported by the hyphal sidecar")
@@ -72,18 +74,9 @@ def principal(p: rbac_pb2.Principal, w: Where, path: str) -> Rule:
     if kind == "any":
         return AnyRule()
     if kind == "and_ids":
-        return AndRule(
-            tuple(
-                principal(r, w, join(path, f"and_ids.ids[{i}]"))
-                for i, r in enumerate(p.and_ids.ids)
-            )
-        )
+        return AndRule(_each(principal, p.and_ids.ids, w, path, "and_ids.ids"))
     if kind == "or_ids":
-        return OrRule(
-            tuple(
-                principal(r, w, join(path, f"or_ids.ids[{i}]")) for i, r in enumerate(p.or_ids.ids)
-            )
-        )
+        return OrRule(_each(principal, p.or_ids.ids, w, path, "or_ids.ids"))
     if kind == "not_id":
         return NotRule(principal(p.not_id, w, join(path, "not_id")))
     if kind == "authenticated":
@@ -97,8 +90,7 @@ def principal(p: rbac_pb2.Principal, w: Where, path: str) -> Rule:
     if kind == "header":
         return HeaderRule(header_matcher(p.header, w, join(path, "header")))
     if kind == "url_path":
-        w.only(p.url_path, {"path"}, join(path, "url_path"))
-        return PathRule(string_match(p.url_path.path, w, join(path, "url_path.path")))
+        return _url_path(p.url_path, w, join(path, "url_path"))
     if kind == "metadata":
         return _metadata(p.metadata, w, join(path, "metadata"))
     raise w.error(join(path, str(kind)), "not supported by the hyphal sidecar")
@@ -139,18 +131,8 @@ def policies(rules: rbac_pb2.RBAC, w: Where, path: str) -> tuple[RbacPolicy, ...
         pol = rules.policies[name]
         ppath = join(path, f"policies[{name!r}]")
         w.only(pol, {"permissions", "principals"}, ppath)
-        perms = OrRule(
-            tuple(
-                permission(p, w, join(ppath, f"permissions[{i}]"))
-                for i, p in enumerate(pol.permissions)
-            )
-        )
-        princ = OrRule(
-            tuple(
-                principal(p, w, join(ppath, f"principals[{i}]"))
-                for i, p in enumerate(pol.principals)
-            )
-        )
+        perms = OrRule(_each(permission, pol.permissions, w, ppath, "permissions"))
+        princ = OrRule(_each(principal, pol.principals, w, ppath, "principals"))
         out.append(RbacPolicy(name, perms, princ))
     return tuple(out)
 
