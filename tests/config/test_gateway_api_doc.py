@@ -7,17 +7,18 @@ import inspect
 import pytest
 from test_config_reference_doc import sections
 
-from hyphal.config.models import gateway_api
+from hyphal.config.models import gateway_api, gateway_grpc
 from hyphal.config.models.base import Model, ResourceModel
 
 MODELS = sorted(
     (
         cls
-        for cls in vars(gateway_api).values()
+        for module in (gateway_api, gateway_grpc)
+        for cls in vars(module).values()
         if inspect.isclass(cls)
         and issubclass(cls, Model)
         and not issubclass(cls, ResourceModel)
-        and cls.__module__ == gateway_api.__name__
+        and cls.__module__ == module.__name__
     ),
     key=lambda c: c.__name__,
 )

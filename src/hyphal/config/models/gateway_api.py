@@ -1,4 +1,5 @@
-"""`gateway.networking.k8s.io` HTTPRoute and GRPCRoute attached to a Service (GAMMA, mesh only).
+"""`gateway.networking.k8s.io` HTTPRoute attached to a Service (GAMMA, mesh only), and the
+pieces GRPCRoute (`hyphal.config.models.gateway_grpc`, re-exported here) shares with it.
 
 Field names and defaults follow the Gateway API spec (v1). What hyphal cannot honour for mesh
 traffic (hostnames, Gateway parents, ExtensionRef/CORS/ExternalAuth filters,
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, PlainValidator, field_validator, model_validator
 
@@ -25,6 +26,9 @@ from hyphal.config.models.base import (
     fail,
     int_range,
 )
+
+if TYPE_CHECKING:
+    from hyphal.config.models.gateway_grpc import GRPCBackendRef, GRPCRouteFilter, GRPCRouteRule
 
 __all__ = [
     "GATEWAY_GROUP",
@@ -62,7 +66,7 @@ __all__ = [
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 HTTPROUTE_API_VERSIONS = (f"{GATEWAY_GROUP}/v1", f"{GATEWAY_GROUP}/v1beta1")
-GRPCROUTE_API_VERSIONS = (f"{GATEWAY_GROUP}/v1", f"{GATEWAY_GROUP}/v1alpha2")
+GRPCROUTE_API_VERSIONS: tuple[str, ...] = (f"{GATEWAY_GROUP}/v1", f"{GATEWAY_GROUP}/v1alpha2")
 
 # A Service is a core (group "") object; hyphal's own Service kind lives in hyphal.dev.
 SERVICE_GROUPS = ("", "core", "hyphal.dev")
@@ -70,8 +74,6 @@ _GROUP_HINT = 'write group: "" (core) or hyphal.dev'
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
 _PATH_CHARS = re.compile(r"^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|%[0-9a-fA-F]{2})+$")
-_GRPC_SERVICE = re.compile(r"^\.?[a-zA-Z_][a-zA-Z_0-9]*(\.[a-zA-Z_][a-zA-Z_0-9]*)*$")
-_GRPC_METHOD = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
 _UNSUPPORTED_FILTERS = ("ExtensionRef", "CORS", "ExternalAuth")
 
 
@@ -366,6 +368,36 @@ class HTTPQueryParamMatch(Model):
 _METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
 
+_T = TypeVar("_T")
+
+
+def first_of_each(items: Sequence[_T], key: Callable[[_T], str]) -> tuple[_T, ...]:
+    """`items` without those whose `key` an earlier one had (repeated names: first counts)."""
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        if key(item) not in seen:
+            seen.add(key(item))
+            out.append(item)
+    return tuple(out)
+
+
+def not_repeated(counts: Counter[str], *types: str) -> None:
+    """Each of the header modifier filters and `types` at most once in a rule."""
+    for t in ("RequestHeaderModifier", "ResponseHeaderModifier", *types):
+        if counts[t] > 1:
+            raise fail(f"{t} filter cannot be repeated")
+
+
+def some_weight(backend_refs: Sequence[HTTPBackendRef | GRPCBackendRef]) -> None:
+    """At least one backendRef takes traffic (if there are any)."""
+    if backend_refs and all(b.weight == 0 for b in backend_refs):
+        raise fail(
+            "every backendRef has weight 0: give at least one a weight above 0 "
+            "(weights are relative, like 90 and 10)"
+        )
+
+
 class HTTPRouteMatch(Model):
     """All conditions must hold. Repeated header/query names: only the first counts (spec)."""
 
@@ -380,23 +412,11 @@ class HTTPRouteMatch(Model):
 
     @property
     def unique_headers(self) -> tuple[HTTPHeaderMatch, ...]:
-        seen: set[str] = set()
-        out = []
-        for h in self.headers:
-            if h.name.lower() not in seen:
-                seen.add(h.name.lower())
-                out.append(h)
-        return tuple(out)
+        return first_of_each(self.headers, lambda h: h.name.lower())
 
     @property
     def unique_query_params(self) -> tuple[HTTPQueryParamMatch, ...]:
-        seen: set[str] = set()
-        out = []
-        for q in self.query_params:
-            if q.name not in seen:
-                seen.add(q.name)
-                out.append(q)
-        return tuple(out)
+        return first_of_each(self.query_params, lambda q: q.name)
 
 
 class HTTPRouteTimeouts(Model):
@@ -465,10 +485,7 @@ class HTTPRouteRule(Model):
     @model_validator(mode="after")
     def _coherent(self) -> HTTPRouteRule:
         counts = Counter(f.type for f in self.filters)
-        for t in ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect",
-                  "URLRewrite"):  # fmt: skip
-            if counts[t] > 1:
-                raise fail(f"{t} filter cannot be repeated")
+        not_repeated(counts, "RequestRedirect", "URLRewrite")
         if counts["RequestRedirect"] and counts["URLRewrite"]:
             raise fail("set a RequestRedirect or a URLRewrite filter, not both")
         if counts["RequestRedirect"] and self.backend_refs:
@@ -478,11 +495,7 @@ class HTTPRouteRule(Model):
                 "set backendRefs (or a RequestRedirect filter): a rule with neither would "
                 "answer every request with 500"
             )
-        if self.backend_refs and all(b.weight == 0 for b in self.backend_refs):
-            raise fail(
-                "every backendRef has weight 0: give at least one a weight above 0 "
-                "(weights are relative, like 90 and 10)"
-            )
+        some_weight(self.backend_refs)
         _replace_prefix_needs_one_prefix_match(self.filters, self.matches)
         return self
 
@@ -569,133 +582,15 @@ class GatewayHTTPRoute(ResourceModel):
         return out
 
 
-# ---- GRPCRoute ----
-
-
-class GRPCMethodMatch(Model):
-    """Exact: `service` and/or `method` as written; RegularExpression: each is a regex."""
-
-    type: MatchType = "Exact"
-    service: str | None = Field(default=None, max_length=1024)
-    method: str | None = Field(default=None, max_length=1024)
-
-    @model_validator(mode="after")
-    def _some(self) -> GRPCMethodMatch:
-        if not self.service and not self.method:
-            raise fail("one or both of service or method must be specified")
-        if self.type == "Exact":
-            if self.service and not _GRPC_SERVICE.match(self.service):
-                raise fail(f"service {self.service!r} is not a gRPC service name (pkg.Service)")
-            if self.method and not _GRPC_METHOD.match(self.method):
-                raise fail(f"method {self.method!r} is not a gRPC method name")
-        return self
-
-
-class GRPCHeaderMatch(Model):
-    type: MatchType = "Exact"
-    name: HeaderName
-    value: str = Field(min_length=1, max_length=4096)
-
-
-class GRPCRouteMatch(Model):
-    method: GRPCMethodMatch | None = None
-    headers: tuple[GRPCHeaderMatch, ...] = ()
-
-    @property
-    def unique_headers(self) -> tuple[GRPCHeaderMatch, ...]:
-        seen: set[str] = set()
-        out = []
-        for h in self.headers:
-            if h.name.lower() not in seen:
-                seen.add(h.name.lower())
-                out.append(h)
-        return tuple(out)
-
-
-_GRPC_FILTER_FIELDS = {
-    "RequestHeaderModifier": "request_header_modifier",
-    "ResponseHeaderModifier": "response_header_modifier",
-    "RequestMirror": "request_mirror",
-}
-
-
-class GRPCRouteFilter(Model):
-    type: Annotated[
-        str, choice(tuple(_GRPC_FILTER_FIELDS), ("ExtensionRef",), hint=_UNSUPPORTED_HINT)
-    ]
-    request_header_modifier: HTTPHeaderFilter | None = None
-    response_header_modifier: HTTPHeaderFilter | None = None
-    request_mirror: HTTPRequestMirrorFilter | None = None
-    extension_ref: dict[str, Any] | None = None
-
-    @model_validator(mode="after")
-    def _union(self) -> GRPCRouteFilter:
-        _check_union(self, self.type, _GRPC_FILTER_FIELDS)
-        return self
-
-
-class GRPCBackendRef(BackendObjectReference):
-    weight: BackendWeight = 1
-    filters: tuple[GRPCRouteFilter, ...] = ()
-
-    @field_validator("filters")
-    @classmethod
-    def _only_headers(cls, filters: tuple[GRPCRouteFilter, ...]) -> tuple[GRPCRouteFilter, ...]:
-        _backend_filters(filters)
-        return filters
-
-
-class GRPCRouteRule(Model):
-    name: str | None = None
-    matches: tuple[GRPCRouteMatch, ...] = ()
-    filters: tuple[GRPCRouteFilter, ...] = ()
-    backend_refs: tuple[GRPCBackendRef, ...] = Field(min_length=1)
-    session_persistence: Annotated[Any, PlainValidator(_session_persistence)] = None
-
-    @model_validator(mode="after")
-    def _coherent(self) -> GRPCRouteRule:
-        counts = Counter(f.type for f in self.filters)
-        for t in ("RequestHeaderModifier", "ResponseHeaderModifier"):
-            if counts[t] > 1:
-                raise fail(f"{t} filter cannot be repeated")
-        if all(b.weight == 0 for b in self.backend_refs):
-            raise fail(
-                "every backendRef has weight 0: give at least one a weight above 0 "
-                "(weights are relative, like 90 and 10)"
-            )
-        return self
-
-
-class GRPCRouteSpec(Model):
-    parent_refs: tuple[ParentReference, ...] = Field(min_length=1)
-    hostnames: Annotated[tuple[str, ...], PlainValidator(_no_hostnames)] = ()
-    rules: tuple[GRPCRouteRule, ...] = Field(min_length=1)
-
-
-class GatewayGRPCRoute(ResourceModel):
-    """Gateway API GRPCRoute (kind `GRPCRoute`) attached to a Service."""
-
-    KIND: ClassVar[str] = "GRPCRoute"
-    API_VERSIONS: ClassVar[tuple[str, ...]] = GRPCROUTE_API_VERSIONS
-    kind: Literal["GRPCRoute"] = "GRPCRoute"
-    spec: GRPCRouteSpec
-
-    def backend_references(self) -> list[tuple[Loc, BackendObjectReference]]:
-        """Every Service reference (backendRefs and mirror targets), with its field path."""
-        return _references(self.spec.rules)
-
-    def regexes(self) -> list[tuple[Loc, str]]:
-        """Every RegularExpression value, with its field path (for an RE2 check)."""
-        out: list[tuple[Loc, str]] = []
-        for j, rule in enumerate(self.spec.rules):
-            for k, m in enumerate(rule.matches):
-                loc: Loc = ("spec", "rules", j, "matches", k)
-                if m.method is not None and m.method.type == "RegularExpression":
-                    out += [
-                        ((*loc, "method", part), value)
-                        for part, value in (("service", m.method.service),
-                                            ("method", m.method.method))
-                        if value
-                    ]  # fmt: skip
-                out += _header_regexes(loc, m.headers)
-        return out
+# GRPCRoute lives in its own module (it builds on the pieces above); re-exported for callers
+# that import every Gateway API model from here. Imported last: gateway_grpc imports this one.
+from hyphal.config.models.gateway_grpc import (  # noqa: E402
+    GatewayGRPCRoute,
+    GRPCBackendRef,
+    GRPCHeaderMatch,
+    GRPCMethodMatch,
+    GRPCRouteFilter,
+    GRPCRouteMatch,
+    GRPCRouteRule,
+    GRPCRouteSpec,
+)
