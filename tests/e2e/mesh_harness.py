@@ -389,6 +389,38 @@ class Mesh:
         return self.pids()
 
 
+def _ports(protocol: str | None) -> str:
+    proto = f", protocol: {protocol}" if protocol else ""
+    return f"[{{name: http, port: 8080{proto}}}]"
+
+
+def service_yaml(name: str, *, ns: str = "demo", selector: str | None = None,
+                 protocol: str | None = "HTTP") -> str:
+    """A hyphal Service `name` on port 8080 (`http`), selecting `{app: name}` by default."""
+    return f"""\
+apiVersion: hyphal.dev/v1alpha1
+kind: Service
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  selector: {selector or f"{{app: {name}}}"}
+  ports: {_ports(protocol)}
+"""
+
+
+def workload_yaml(name: str, app: str, version: str, *, sa: str | None = None,
+                  ns: str = "demo", protocol: str | None = "HTTP") -> str:
+    """A hyphal Workload `name` labelled app/version, service account `sa` (default: app)."""
+    return f"""\
+apiVersion: hyphal.dev/v1alpha1
+kind: Workload
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  labels: {{app: {app}, version: {version}}}
+  serviceAccount: {sa or app}
+  ports: {_ports(protocol)}
+"""
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -23,43 +23,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mesh_harness import HYPHAL, REPO, Mesh, ProxyFormClient, Workload, wait_until
+from mesh_harness import (
+    HYPHAL,
+    REPO,
+    Mesh,
+    ProxyFormClient,
+    Workload,
+    service_yaml,
+    wait_until,
+    workload_yaml,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 URL = "http://api.demo.svc.cluster.local:8080/rot"
 
-RESOURCES = """\
-apiVersion: hyphal.dev/v1alpha1
-kind: Service
-metadata: {name: web, namespace: demo}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 8080, protocol: HTTP}]
----
-apiVersion: hyphal.dev/v1alpha1
-kind: Service
-metadata: {name: api, namespace: demo}
-spec:
-  selector: {app: api}
-  ports: [{name: http, port: 8080, protocol: HTTP}]
----
-apiVersion: hyphal.dev/v1alpha1
-kind: Workload
-metadata: {name: web, namespace: demo}
-spec:
-  labels: {app: web, version: v1}
-  serviceAccount: web
-  ports: [{name: http, port: 8080, protocol: HTTP}]
----
-apiVersion: hyphal.dev/v1alpha1
-kind: Workload
-metadata: {name: api, namespace: demo}
-spec:
-  labels: {app: api, version: v1}
-  serviceAccount: api
-  ports: [{name: http, port: 8080, protocol: HTTP}]
----
+RESOURCES = "---\n".join(
+    [service_yaml("web"), service_yaml("api"), workload_yaml("web", "web", "v1"),
+     workload_yaml("api", "api", "v1")]
+) + """---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: api, namespace: demo}

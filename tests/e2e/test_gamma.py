@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from mesh_harness import HYPHAL, Mesh, pid_alive, wait_until
+from mesh_harness import HYPHAL, Mesh, pid_alive, service_yaml, wait_until, workload_yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -29,26 +29,11 @@ NS = "demo"
 
 
 def service(name: str, selector: str) -> str:
-    return f"""\
-apiVersion: hyphal.dev/v1alpha1
-kind: Service
-metadata: {{name: {name}, namespace: demo}}
-spec:
-  selector: {selector}
-  ports: [{{name: http, port: 8080}}]
-"""
+    return service_yaml(name, selector=selector, protocol=None)
 
 
 def workload(name: str, app: str, version: str) -> str:
-    return f"""\
-apiVersion: hyphal.dev/v1alpha1
-kind: Workload
-metadata: {{name: {name}, namespace: demo}}
-spec:
-  labels: {{app: {app}, version: {version}}}
-  serviceAccount: {app}
-  ports: [{{name: http, port: 8080}}]
-"""
+    return workload_yaml(name, app, version, protocol=None)
 
 
 def http_route(v1: int, v2: int) -> str:

@@ -35,7 +35,15 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from mesh_harness import Mesh, ProxyFormClient, Workload, http_get, wait_until
+from mesh_harness import (
+    Mesh,
+    ProxyFormClient,
+    Workload,
+    http_get,
+    service_yaml,
+    wait_until,
+    workload_yaml,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -104,26 +112,11 @@ http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
 
 
 def service(name: str) -> str:
-    return f"""\
-apiVersion: hyphal.dev/v1alpha1
-kind: Service
-metadata: {{name: {name}, namespace: demo}}
-spec:
-  selector: {{app: {name}}}
-  ports: [{{name: http, port: 8080, protocol: HTTP}}]
-"""
+    return service_yaml(name)
 
 
 def workload(name: str, app: str, version: str) -> str:
-    return f"""\
-apiVersion: hyphal.dev/v1alpha1
-kind: Workload
-metadata: {{name: {name}, namespace: demo}}
-spec:
-  labels: {{app: {app}, version: {version}}}
-  serviceAccount: {app}
-  ports: [{{name: http, port: 8080, protocol: HTTP}}]
-"""
+    return workload_yaml(name, app, version)
 
 
 POLICIES = """\

@@ -37,7 +37,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from mesh_harness import HYPHAL, Mesh, ProxyFormClient, Workload, pid_alive, wait_until
+from mesh_harness import (
+    HYPHAL,
+    Mesh,
+    ProxyFormClient,
+    Workload,
+    pid_alive,
+    service_yaml,
+    wait_until,
+    workload_yaml,
+)
 
 from hyphal.identity.client import request_certificate
 from hyphal.identity.keys import generate_key
@@ -51,33 +60,7 @@ WEB_ID = "spiffe://cluster.local/ns/demo/sa/web"
 API_ID = "spiffe://cluster.local/ns/demo/sa/api"
 API_FQDN = "api.demo.svc.cluster.local"
 
-SERVICES = """\
-apiVersion: hyphal.dev/v1alpha1
-kind: Service
-metadata: {name: web, namespace: demo}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 8080, protocol: HTTP}]
----
-apiVersion: hyphal.dev/v1alpha1
-kind: Service
-metadata: {name: api, namespace: demo}
-spec:
-  selector: {app: api}
-  ports: [{name: http, port: 8080, protocol: HTTP}]
-"""
-
-
-def workload_yaml(name: str, app: str, version: str, sa: str) -> str:
-    return f"""\
-apiVersion: hyphal.dev/v1alpha1
-kind: Workload
-metadata: {{name: {name}, namespace: demo}}
-spec:
-  labels: {{app: {app}, version: {version}}}
-  serviceAccount: {sa}
-  ports: [{{name: http, port: 8080, protocol: HTTP}}]
-"""
+SERVICES = service_yaml("web") + "---\n" + service_yaml("api")
 
 
 DESTINATION_RULE = """\
@@ -111,9 +94,9 @@ spec:
 RESOURCES = "---\n".join(
     [
         SERVICES,
-        workload_yaml("web", "web", "v1", "web"),
-        workload_yaml("api-v1", "api", "v1", "api"),
-        workload_yaml("api-v2", "api", "v2", "api"),
+        workload_yaml("web", "web", "v1"),
+        workload_yaml("api-v1", "api", "v1"),
+        workload_yaml("api-v2", "api", "v2"),
         DESTINATION_RULE,
         virtual_service(95, 5),
     ]
