@@ -137,6 +137,8 @@ def sidecar_main(role: str, directory: Path) -> None:
         return ClusterSpec(name, (EndpointSpec("127.0.0.1", PORTS["app"]),))
 
     tls: TlsMaterial | None = None
+    # HYPHAL_BENCH_PLAIN=1: the A -> B leg in plaintext (what the TLS leg itself costs).
+    plain = os.environ.get("HYPHAL_BENCH_PLAIN") == "1"
     if role == "single":
         cfg = ProxyConfig("1", (ListenerSpec("outbound_http", "127.0.0.1", PORTS["s1_out"],
                                              ListenerKind.OUTBOUND_HTTP,
@@ -147,7 +149,8 @@ def sidecar_main(role: str, directory: Path) -> None:
         tls = TlsMaterial((directory / "frontend.crt").read_bytes(),
                           (directory / "frontend.key").read_bytes(), ca)
         product = ClusterSpec("product", (EndpointSpec("127.0.0.1", PORTS["sb_in"]),),
-                              tls=UpstreamTls("product", frozenset({product_id})))
+                              tls=None if plain else UpstreamTls("product",
+                                                                 frozenset({product_id})))
         cfg = ProxyConfig("1", (ListenerSpec("outbound_http", "127.0.0.1", PORTS["sa_out"],
                                              ListenerKind.OUTBOUND_HTTP,
                                              route_config="outbound_http"),),
@@ -157,10 +160,10 @@ def sidecar_main(role: str, directory: Path) -> None:
     else:
         tls = TlsMaterial((directory / "product.crt").read_bytes(),
                           (directory / "product.key").read_bytes(), ca)
-        rbac = RbacEngine(allow=(RbacPolicy("frontend", AnyRule(), OrRule((PrincipalRule(
-            StringMatch(StringKind.EXACT, frontend_id)),))),))
+        rbac = RbacEngine(allow=(RbacPolicy("frontend", AnyRule(), AnyRule() if plain else OrRule((
+            PrincipalRule(StringMatch(StringKind.EXACT, frontend_id)),))),))
         inbound = ListenerSpec(f"inbound|{PORTS['sb_in']}", "127.0.0.1", PORTS["sb_in"],
-                               ListenerKind.INBOUND_HTTP, tls=DownstreamTls(),
+                               ListenerKind.INBOUND_HTTP, tls=None if plain else DownstreamTls(),
                                inline_routes=routes("inbound", "inbound|8080||"), rbac=rbac)
         cfg = ProxyConfig("1", (inbound,), {}, {"inbound|8080||": app_cluster("inbound|8080||")},
                           identity=product_id, workload="product", namespace="shop")

@@ -24,6 +24,7 @@ from hyphal.proxy.http.codec import (
 from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.exchange import Exchange
 from hyphal.proxy.http.headers import local_response
+from hyphal.proxy.http.readbuf import BufferedReads
 from hyphal.proxy.http.relay import REPLAY_LIMIT, Relay
 from hyphal.proxy.transport.tls import spiffe_id
 
@@ -44,7 +45,7 @@ def _whole_soon(head: RequestHead) -> bool:
     return length is None or length <= REPLAY_LIMIT
 
 
-class HttpDownstream(asyncio.Protocol):
+class HttpDownstream(BufferedReads):
     __slots__ = (
         "_closed",
         "_head_since",

@@ -16,6 +16,7 @@ from hyphal.proxy.http.codec import (
     ResponseReader,
     Upgrade,
 )
+from hyphal.proxy.http.readbuf import BufferedReads
 from hyphal.proxy.runtime.tables import ClusterSpec, EndpointSpec
 from hyphal.proxy.transport.tls import TlsMaterial, spiffe_id
 from hyphal.telemetry.stats import Stats
@@ -46,7 +47,7 @@ class UpstreamSink(Protocol):
 
 
 PoolKey = tuple[str, int, str | None, frozenset[str]]
-P = TypeVar("P", bound=asyncio.Protocol)
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 def pool_key(endpoint: EndpointSpec, cluster: ClusterSpec) -> PoolKey:
@@ -111,7 +112,7 @@ async def open_endpoint(
     return transport, proto, peer
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(BufferedReads):
     __slots__ = (
         "closed",
         "cluster",
@@ -324,7 +325,7 @@ class ConnectionPool:
 
     async def _connect(self, endpoint: EndpointSpec, cluster: ClusterSpec, key: PoolKey,
                        timeout_s: float) -> UpstreamConnection:
-        transport, conn, peer = await open_endpoint(
+        _transport, conn, peer = await open_endpoint(
             lambda: UpstreamConnection(self, key, cluster.name), endpoint, cluster, self.tls,
             timeout_s)
         conn.peer_identity = peer
