@@ -228,6 +228,7 @@ async def test_reconnect_within_grace_keeps_the_endpoint() -> None:
         namespace="demo",
         service_account="api",
         proxy_mode="sidecar",
+        peer_identity="spiffe://cluster.local/ns/demo/sa/api",  # came over mTLS
     )
     src.node_connected(node)
     src.node_disconnected(node)  # the old stream closes ...
