@@ -33,6 +33,10 @@ def _load(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes, server: bool,
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if server:
         ctx.set_alpn_protocols(["h2", "http/1.1"])  # h2 goes to hyphal.proxy.h2
+        # Upstream connections never resume sessions (they are pooled instead): the two
+        # TLS 1.3 tickets a server sends after every handshake would be work and bytes
+        # for nothing.
+        ctx.num_tickets = 0
     elif alpn:
         ctx.set_alpn_protocols(list(alpn))
     if not server:
