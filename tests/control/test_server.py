@@ -102,3 +102,20 @@ def test_cli_exits_1_naming_the_bad_file_and_the_busy_port(tmp_path: Path) -> No
                              timeout=30, check=False)
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port} (--api-port)" in out.stderr
+
+
+def test_cli_says_that_a_bad_applied_file_comes_from_an_earlier_apply(tmp_path: Path) -> None:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    applied = tmp_path / "state" / "applied"
+    applied.mkdir(parents=True)
+    (applied / "service.shop.product.yaml").write_text(
+        SERVICE.replace("protocol: HTTP", "protocol: MONGO"))
+    out = subprocess.run(
+        [sys.executable, "-m", "hyphal", "control", "--config-dir", str(config_dir),
+         "--state-dir", str(tmp_path / "state"), "--xds-port", "0", "--xds-plaintext-port", "0",
+         "--ca-port", "0", "--api-port", "0"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 1
+    assert f"files under {applied}/ are resources applied with `hyphal apply` earlier" in out.stderr
+    assert f"Remove them (rm -r {applied})" in out.stderr

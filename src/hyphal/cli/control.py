@@ -143,6 +143,13 @@ def run(args: argparse.Namespace) -> int:
               "started:", file=sys.stderr)
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
+        applied = Path(args.state_dir) / "applied"
+        if any(err.startswith(str(applied)) for err in exc.errors):
+            # `hyphal apply` persists in the state dir, so an earlier run's changes outlive
+            # `hyphal down` and meet the next config dir.
+            print(f"  files under {applied}/ are resources applied with `hyphal apply` earlier; "
+                  f"they are loaded over {args.config_dir}. Remove them (rm -r {applied}) to "
+                  f"start from {args.config_dir} alone", file=sys.stderr)
         return 1
     except (OSError, ValueError, KubeError) as exc:
         print(f"hyphal control: {exc}", file=sys.stderr)
