@@ -26,7 +26,7 @@ from dataclasses import replace
 
 from hyphal.proxy.h2.detect import http_factory
 from hyphal.proxy.http.context import ListenerContext
-from hyphal.proxy.http.server import HttpDownstream
+from hyphal.proxy.http.server import http1_factory
 from hyphal.proxy.runtime.tables import ListenerSpec
 from hyphal.proxy.tcp import TcpDownstream
 from hyphal.proxy.transport.inspector import is_tls, peek_first_byte
@@ -37,7 +37,7 @@ __all__ = ["CaptureServer", "UnboundServer", "pick", "serve"]
 log = logging.getLogger(__name__)
 
 WILDCARD = "0.0.0.0"
-ProtocolFactory = Callable[[], asyncio.Protocol]
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 
 def pick(listeners: Iterable[ListenerSpec], capture: ListenerSpec,
@@ -140,7 +140,7 @@ class CaptureServer:
                 tls = is_tls(await peek_first_byte(conn, self._sniff_timeout))
             ssl_ctx = self._ctx.tls.server_context if tls else None
         if spec.is_http:
-            factory = http_factory(ctx, lambda: HttpDownstream(ctx), tls)
+            factory = http_factory(ctx, http1_factory(ctx), tls)
         else:
             factory = lambda: TcpDownstream(ctx)  # noqa: E731
         loop = asyncio.get_running_loop()

@@ -13,7 +13,7 @@ from hyphal.proxy import capture
 from hyphal.proxy.h2.detect import Sniffer, http_factory
 from hyphal.proxy.h2.server import H2Downstream
 from hyphal.proxy.http.context import ListenerContext
-from hyphal.proxy.http.server import HttpDownstream
+from hyphal.proxy.http.server import HttpDownstream, http1_factory
 from hyphal.proxy.runtime.tables import ListenerSpec
 from hyphal.proxy.tcp import TcpDownstream
 from hyphal.proxy.transport import inspector
@@ -76,19 +76,13 @@ class Listener:
                 transport.abort()
 
 
-def _http1(ctx: ListenerContext) -> Callable[[], asyncio.Protocol]:
-    """HttpDownstream's factory as `http_factory` types it. HttpDownstream is an asyncio
-    BufferedProtocol (hyphal.proxy.http.readbuf); detect hands it the transport the same way."""
-    return lambda: cast(asyncio.Protocol, HttpDownstream(ctx))
-
-
 async def bind(ctx: ListenerContext) -> Listener:
     spec = ctx.spec
     loop = asyncio.get_running_loop()
-    factory: Callable[[], asyncio.Protocol]
+    factory: Callable[[], asyncio.BaseProtocol]
     if spec.is_http:
         # HTTP/2 (h2c preface, CONNECT tunnels, ALPN h2) or HTTP/1.1: hyphal.proxy.h2.detect
-        factory = http_factory(ctx, _http1(ctx), spec.tls is not None)
+        factory = http_factory(ctx, http1_factory(ctx), spec.tls is not None)
     else:
         factory = lambda: TcpDownstream(ctx)  # noqa: E731
     ssl_ctx = None
@@ -103,7 +97,7 @@ async def bind(ctx: ListenerContext) -> Listener:
             server = cast(asyncio.Server, await capture.serve(ctx))
         elif ssl_ctx is not None and spec.tls is not None and spec.tls.permissive:
             # PERMISSIVE: mTLS or plaintext on one port, by the first byte (tls_inspector)
-            plain = http_factory(ctx, _http1(ctx), False) if spec.is_http \
+            plain = http_factory(ctx, http1_factory(ctx), False) if spec.is_http \
                 else factory
             server = cast(asyncio.Server, await inspector.serve(
                 spec.host, spec.port, factory, plain, ssl_ctx))

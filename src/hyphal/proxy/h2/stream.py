@@ -31,8 +31,8 @@ from hyphal.proxy.h2.relay import Downstream, H2Relay, Outcome, UpstreamStream, 
 from hyphal.proxy.h2.upstream import H2Pool
 from hyphal.proxy.http.headers import header_map
 from hyphal.proxy.http.request import redirect_location
-from hyphal.proxy.resilience.backoff import Backoff, FailureKind
 from hyphal.proxy.pathnorm import normalized
+from hyphal.proxy.resilience.backoff import Backoff, FailureKind
 from hyphal.proxy.router import Target, rewrite_path, select_route
 from hyphal.proxy.runtime.tables import (
     ClusterAction,
@@ -86,12 +86,13 @@ class H2Exchange(H2Relay):
             self._local(400, "bad_request_target")
             return
         path, _, query = head.path.partition("?")
-        target: Target | None = Target(head.authority, path, query, False)
+        target = Target(head.authority, path, query, False)
         if ctx.spec.is_inbound:
-            target = normalized(target)  # what RBAC, routes and the app see (pathnorm)
-            if target is None:
+            clean = normalized(target)  # what RBAC, routes and the app see (pathnorm)
+            if clean is None:
                 self._local(400, "bad_request_target")
                 return
+            target = clean
             if target.path != path:
                 self.head = head = replace(head, path=target.origin)
             path = target.path

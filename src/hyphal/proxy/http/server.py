@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 from typing import cast
 
 from hyphal.proxy.http.codec import (
@@ -298,3 +299,10 @@ class HttpDownstream(BufferedReads):
             return
         self.send(local_response(408, "request_timeout", close=True))
         self.close()
+
+
+def http1_factory(ctx: ListenerContext) -> Callable[[], asyncio.Protocol]:
+    """HttpDownstream's factory as `h2.detect.http_factory` types it. HttpDownstream is an
+    asyncio BufferedProtocol (hyphal.proxy.http.readbuf) that also takes `data_received`,
+    which is how detect hands it the bytes it already read."""
+    return lambda: cast(asyncio.Protocol, HttpDownstream(ctx))
