@@ -211,8 +211,12 @@ class CertManager:
         return bundle
 
     async def _request(self, token: str | None, current: CertBundle | None) -> CertBundle:
+        # Proof by the current certificate needs a port that requires and verifies client
+        # certificates: the mTLS xDS port, where the CA service is served too. The CA port
+        # is server-side TLS only (a CSR there carries a token).
+        address = self._b.ca_address if token is not None else self._b.xds_address
         return await request_certificate(
-            self._b.ca_address,
+            address,
             self.control_plane_roots(),
             token,
             generate_key(),
