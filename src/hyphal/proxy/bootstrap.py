@@ -1,4 +1,4 @@
-"""The sidecar's bootstrap file: load, validate (pydantic) and freeze it.
+"""The sidecar's bootstrap file: load, validate and freeze it.
 
 The file's shape is fixed by docs/xds-conventions.md ("`hyphal proxy --bootstrap FILE`").
 Validation errors name the file and the field, so a person can fix the file without reading
@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hyphal.telemetry.tracing import TracingSettings
@@ -31,79 +29,189 @@ class BootstrapError(Exception):
     """The bootstrap file is missing, unreadable or invalid; the message says what to fix."""
 
 
-# --- pydantic models: the user-facing edge -------------------------------------------------
+# --- validation: the user-facing edge -------------------------------------------------------
+# A small hand-written checker rather than pydantic models: the sidecar imports nothing else
+# of pydantic, and pydantic (its Rust core, model building, plugin discovery) cost ~10 MB of
+# every sidecar's RSS. Errors keep the same `path: message` shape.
+
+_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS"})
+_Fields = dict[str, tuple[Any, Any]]  # name -> (checker, default or _REQUIRED)
+_REQUIRED = object()
 
 
-class _Port(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Errors:
+    """Collects every `path: message` found in one pass, as pydantic did."""
 
-    name: str = ""
-    port: int = Field(ge=1, le=65535)
-    protocol: str = "HTTP"
-    app_port: int = Field(ge=1, le=65535)
-    inbound_port: int = Field(ge=0, le=65535)
+    def __init__(self) -> None:
+        self.lines: list[str] = []
 
-    @field_validator("protocol")
-    @classmethod
-    def _upper(cls, v: str) -> str:
-        v = v.upper()
-        if v not in {"HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS"}:
-            raise ValueError(f"unknown protocol {v!r} (use HTTP, HTTP2, GRPC or TCP)")
+    def add(self, path: str, msg: str) -> None:
+        self.lines.append(f"{path or '<root>'}: {msg}")
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _str(min_length: int = 0) -> Any:
+    def check(v: Any, path: str, errs: _Errors) -> Any:
+        if not isinstance(v, str):
+            errs.add(path, "Input should be a valid string")
+        elif len(v) < min_length:
+            errs.add(path, f"String should have at least {min_length} character")
         return v
+    return check
 
 
-class _Metadata(BaseModel):
-    # Unknown keys are passed through to the control plane as-is (it may know them).
-    model_config = ConfigDict(extra="allow")
-
-    NAMESPACE: str = Field(min_length=1)
-    SERVICE_ACCOUNT: str = Field(min_length=1)
-    WORKLOAD_NAME: str = ""
-    LABELS: dict[str, str] = Field(default_factory=dict)
-    INSTANCE_IP: str = "127.0.0.1"
-    PROXY_MODE: Literal["sidecar", "grpc"] = "sidecar"
-    OUTBOUND_HTTP_PORT: int = Field(default=0, ge=0, le=65535)
-    PORTS: list[_Port] = Field(default_factory=list)
-    UPSTREAM_PORTS: dict[str, int] = Field(default_factory=dict)
-
-
-class _Node(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(min_length=1)
-    cluster: str = ""
-    metadata: _Metadata
-
-
-class _Tracing(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    sampling: float = Field(default=0.01, ge=0.0, le=1.0)
-    otlp_file: str | None = None
-    otlp_http: str | None = None
-
-
-class _Bootstrap(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    node: _Node
-    xds_address: str
-    ca_address: str
-    root_cert_file: str
-    token_file: str
-    trust_domain: str = "cluster.local"
-    admin_port: int = Field(default=0, ge=0, le=65535)
-    access_log: str = "-"
-    cert_ttl_seconds: int = Field(default=86400, ge=1)
-    tracing: _Tracing | None = None
-
-    @field_validator("xds_address", "ca_address")
-    @classmethod
-    def _host_port(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{v!r} is not HOST:PORT (for example 127.0.0.1:15012)")
+def _int(lo: int, hi: int | None = None) -> Any:
+    def check(v: Any, path: str, errs: _Errors) -> Any:
+        numeric_str = isinstance(v, str) and v.strip().lstrip("-").isdigit()
+        if numeric_str or (isinstance(v, float) and v.is_integer()):
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            errs.add(path, "Input should be a valid integer")
+        elif v < lo:
+            errs.add(path, f"Input should be greater than or equal to {lo}")
+        elif hi is not None and v > hi:
+            errs.add(path, f"Input should be less than or equal to {hi}")
         return v
+    return check
+
+
+def _float(lo: float, hi: float) -> Any:
+    def check(v: Any, path: str, errs: _Errors) -> Any:
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            errs.add(path, "Input should be a valid number")
+        elif not lo <= v <= hi:
+            errs.add(path, f"Input should be between {lo} and {hi}")
+        else:
+            v = float(v)
+        return v
+    return check
+
+
+def _optional_str(v: Any, path: str, errs: _Errors) -> Any:
+    return v if v is None else _str()(v, path, errs)
+
+
+def _protocol(v: Any, path: str, errs: _Errors) -> Any:
+    if not isinstance(v, str):
+        errs.add(path, "Input should be a valid string")
+        return v
+    v = v.upper()
+    if v not in _PROTOCOLS:
+        errs.add(path, f"Value error, unknown protocol {v!r} (use HTTP, HTTP2, GRPC or TCP)")
+    return v
+
+
+def _proxy_mode(v: Any, path: str, errs: _Errors) -> Any:
+    if v not in ("sidecar", "grpc"):
+        errs.add(path, "Input should be 'sidecar' or 'grpc'")
+    return v
+
+
+def _host_port(v: Any, path: str, errs: _Errors) -> Any:
+    if not isinstance(v, str):
+        errs.add(path, "Input should be a valid string")
+        return v
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        errs.add(path, f"Value error, {v!r} is not HOST:PORT (for example 127.0.0.1:15012)")
+    return v
+
+
+def _dict_of(value_check: Any) -> Any:
+    def check(v: Any, path: str, errs: _Errors) -> Any:
+        if not isinstance(v, dict):
+            errs.add(path, "Input should be a valid dictionary")
+            return v
+        out = {}
+        for key, item in v.items():
+            out[key] = value_check(item, _join(path, key), errs)
+        return out
+    return check
+
+
+def _list_of(item_check: Any) -> Any:
+    def check(v: Any, path: str, errs: _Errors) -> Any:
+        if not isinstance(v, list):
+            errs.add(path, "Input should be a valid list")
+            return v
+        return [item_check(item, _join(path, i), errs) for i, item in enumerate(v)]
+    return check
+
+
+def _object(fields: _Fields, extra: bool = False) -> Any:
+    """A JSON object with these fields; unknown keys are errors unless `extra` (kept as-is)."""
+
+    def check(v: Any, path: str, errs: _Errors) -> Any:
+        if not isinstance(v, dict):
+            errs.add(path, "Input should be a valid dictionary or instance of a model")
+            return v
+        out: dict[str, Any] = {}
+        for name, (field_check, default) in fields.items():
+            if name in v:
+                out[name] = field_check(v[name], _join(path, name), errs)
+            elif default is _REQUIRED:
+                errs.add(_join(path, name), "Field required")
+            else:
+                out[name] = default() if callable(default) else default
+        for name, item in v.items():
+            if name not in fields:
+                if extra:
+                    out[name] = item
+                else:
+                    errs.add(_join(path, name), "not supported (unknown field)")
+        return out
+
+    return check
+
+
+_PORT = _object({
+    "name": (_str(), ""),
+    "port": (_int(1, 65535), _REQUIRED),
+    "protocol": (_protocol, "HTTP"),
+    "app_port": (_int(1, 65535), _REQUIRED),
+    "inbound_port": (_int(0, 65535), _REQUIRED),
+})
+# Unknown metadata keys are passed through to the control plane as-is (it may know them).
+_METADATA = _object({
+    "NAMESPACE": (_str(1), _REQUIRED),
+    "SERVICE_ACCOUNT": (_str(1), _REQUIRED),
+    "WORKLOAD_NAME": (_str(), ""),
+    "LABELS": (_dict_of(_str()), dict),
+    "INSTANCE_IP": (_str(), "127.0.0.1"),
+    "PROXY_MODE": (_proxy_mode, "sidecar"),
+    "OUTBOUND_HTTP_PORT": (_int(0, 65535), 0),
+    "PORTS": (_list_of(_PORT), list),
+    "UPSTREAM_PORTS": (_dict_of(_int(-(2**63))), dict),
+}, extra=True)
+_TRACING = _object({
+    "sampling": (_float(0.0, 1.0), 0.01),
+    "otlp_file": (_optional_str, None),
+    "otlp_http": (_optional_str, None),
+})
+_BOOTSTRAP = _object({
+    "node": (_object({
+        "id": (_str(1), _REQUIRED),
+        "cluster": (_str(), ""),
+        "metadata": (_METADATA, _REQUIRED),
+    }), _REQUIRED),
+    "xds_address": (_host_port, _REQUIRED),
+    "ca_address": (_host_port, _REQUIRED),
+    "root_cert_file": (_str(), _REQUIRED),
+    "token_file": (_str(), _REQUIRED),
+    "trust_domain": (_str(), "cluster.local"),
+    "admin_port": (_int(0, 65535), 0),
+    "access_log": (_str(), "-"),
+    "cert_ttl_seconds": (_int(1), 86400),
+    "tracing": (lambda v, p, e: v if v is None else _TRACING(v, p, e), None),
+})
 
 
 # --- frozen runtime structures --------------------------------------------------------------
@@ -197,61 +305,55 @@ class Bootstrap:
         return data
 
 
-def _format_errors(source: str, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "<root>"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "not supported (unknown field)"
-        lines.append(f"{source}: {path}: {msg}")
-    return "invalid bootstrap:\n  " + "\n  ".join(lines)
-
-
 def parse_bootstrap(
     data: Any, source: str = "<bootstrap>", base_dir: Path | None = None
 ) -> Bootstrap:
     """Validate already-parsed JSON; relative file paths are resolved against `base_dir`."""
-    try:
-        m = _Bootstrap.model_validate(data)
-    except ValidationError as exc:
-        raise BootstrapError(_format_errors(source, exc)) from None
-    md = m.node.metadata
-    if md.PROXY_MODE != "sidecar":
+    errs = _Errors()
+    m = _BOOTSTRAP(data, "", errs)
+    if errs.lines:
+        raise BootstrapError(
+            "invalid bootstrap:\n  " + "\n  ".join(f"{source}: {line}" for line in errs.lines)
+        )
+    node_m = m["node"]
+    md = node_m["metadata"]
+    if md["PROXY_MODE"] != "sidecar":
         raise BootstrapError(
             f"{source}: node.metadata.PROXY_MODE: must be 'sidecar' for `hyphal proxy`"
         )
     base = base_dir or Path.cwd()
     ports = tuple(
-        PortInfo(p.name or str(p.port), p.port, p.protocol, p.app_port, p.inbound_port)
-        for p in md.PORTS
+        PortInfo(p["name"] or str(p["port"]), p["port"], p["protocol"], p["app_port"],
+                 p["inbound_port"])
+        for p in md["PORTS"]
     )
     node = NodeInfo(
-        id=m.node.id,
-        cluster=m.node.cluster or md.WORKLOAD_NAME,
-        namespace=md.NAMESPACE,
-        service_account=md.SERVICE_ACCOUNT,
-        workload_name=md.WORKLOAD_NAME,
-        labels=tuple(sorted(md.LABELS.items())),
-        instance_ip=md.INSTANCE_IP,
-        proxy_mode=md.PROXY_MODE,
-        outbound_http_port=md.OUTBOUND_HTTP_PORT,
+        id=node_m["id"],
+        cluster=node_m["cluster"] or md["WORKLOAD_NAME"],
+        namespace=md["NAMESPACE"],
+        service_account=md["SERVICE_ACCOUNT"],
+        workload_name=md["WORKLOAD_NAME"],
+        labels=tuple(sorted(md["LABELS"].items())),
+        instance_ip=md["INSTANCE_IP"],
+        proxy_mode=md["PROXY_MODE"],
+        outbound_http_port=md["OUTBOUND_HTTP_PORT"],
         ports=ports,
-        upstream_ports=tuple(sorted(md.UPSTREAM_PORTS.items())),
-        metadata_json=json.dumps(md.model_dump(mode="json"), sort_keys=True),
+        upstream_ports=tuple(sorted(md["UPSTREAM_PORTS"].items())),
+        metadata_json=json.dumps(md, sort_keys=True),
     )
+    tracing = m["tracing"]
     return Bootstrap(
         node=node,
-        xds_address=m.xds_address,
-        ca_address=m.ca_address,
-        root_cert_file=base / m.root_cert_file,
-        token_file=base / m.token_file,
-        trust_domain=m.trust_domain,
-        admin_port=m.admin_port,
-        access_log=m.access_log,
-        cert_ttl_seconds=m.cert_ttl_seconds,
+        xds_address=m["xds_address"],
+        ca_address=m["ca_address"],
+        root_cert_file=base / m["root_cert_file"],
+        token_file=base / m["token_file"],
+        trust_domain=m["trust_domain"],
+        admin_port=m["admin_port"],
+        access_log=m["access_log"],
+        cert_ttl_seconds=m["cert_ttl_seconds"],
         source=source,
-        tracing=tuple(sorted(m.tracing.model_dump().items())) if m.tracing else (),
+        tracing=tuple(sorted(tracing.items())) if tracing else (),
     )
 
 
