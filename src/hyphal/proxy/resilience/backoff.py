@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Final
 
@@ -147,6 +146,9 @@ def parse_retry_after(value: str | bytes | None, now_unix: float) -> float | Non
         return None
     if text.isdigit():
         return float(int(text))
+    # Imported here: HTTP-date Retry-After is rare, and email.utils costs ~1.4 MB per sidecar.
+    from email.utils import parsedate_to_datetime
+
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
