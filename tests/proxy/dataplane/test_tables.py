@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 
 import pytest
@@ -11,10 +10,8 @@ from hyphal.proxy.runtime.tables import (
     AndRule,
     AnyRule,
     ClusterAction,
-    EndpointSpec,
     HeaderMatcher,
     HeaderRule,
-    LbPolicy,
     MethodRule,
     NotRule,
     OrRule,
@@ -34,7 +31,6 @@ from hyphal.proxy.runtime.tables import (
     VirtualHost,
     WeightedCluster,
 )
-from hyphal.proxy.upstream.balancer import Balancer
 
 
 def test_string_matchers():
@@ -115,31 +111,3 @@ def test_rbac_deny_then_allow():
     assert not header_rule.allowed(None, "GET", "/", 1, {})[0]
     assert RbacEngine(allow=()).allowed(ALICE, "GET", "/", 1, {}) == (False, "")
     assert RbacEngine().allowed(None, "GET", "/", 1, {}) == (True, "")
-
-
-EPS = (EndpointSpec("a", 1, weight=3), EndpointSpec("b", 1, weight=1),
-       EndpointSpec("c", 1, weight=1, healthy=False))
-
-
-def test_round_robin_honours_weights_and_health():
-    balancer = Balancer(LbPolicy.ROUND_ROBIN, EPS)
-    picks = Counter(balancer.pick({}).host for _ in range(400))
-    assert picks == {"a": 300, "b": 100}
-
-
-def test_random_and_least_request():
-    rnd = Balancer(LbPolicy.RANDOM, EPS, random.Random(1))
-    picks = Counter(rnd.pick({}).host for _ in range(4000))
-    assert 0.70 < picks["a"] / 4000 < 0.80 and "c" not in picks
-    p2c = Balancer(LbPolicy.LEAST_REQUEST, EPS[:2], random.Random(2))
-    busy = {"a:1": 50, "b:1": 0}
-    picks = Counter(p2c.pick(busy).host for _ in range(1000))
-    assert picks["b"] > picks["a"]
-
-
-def test_exclude_prefers_another_endpoint_and_hashing_is_stable():
-    balancer = Balancer(LbPolicy.ROUND_ROBIN, EPS[:2])
-    assert all(balancer.pick({}, frozenset({"a:1"})).host == "b" for _ in range(10))
-    ring = Balancer(LbPolicy.RING_HASH, EPS[:2])
-    assert len({ring.pick({}, hash_key=b"user-7").host for _ in range(20)}) == 1
-    assert Balancer(LbPolicy.ROUND_ROBIN, (EPS[2],)).pick({}) is None
