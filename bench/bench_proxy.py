@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, os.environ.get("HYPHAL_SRC", str(ROOT / "src")))
 
 PORTS = {"app": 24100, "ha1": 24101, "ha2": 24102, "sa_out": 24103, "sb_in": 24104,
-         "s1_out": 24105, "ha_single": 24106}
+         "s1_out": 24105, "ha_single": 24106, "ha1p": 24107, "ha2p": 24108,
+         "floor": 24109}
 
 HAPROXY_TEMPLATE = """
 global
@@ -68,6 +70,26 @@ frontend hop2
     bind 127.0.0.1:{ha2} ssl crt {dir}/product.pem ca-file {dir}/ca.pem verify required alpn http/1.1
     default_backend to_app
 backend to_app
+    http-reuse always
+    server app 127.0.0.1:{app}
+"""
+
+# The same two hops as two HAProxy processes, one per hop, as the two sidecars are two
+# processes: each hop then pays the cross-process wake-ups that the sidecar pair pays.
+HOP1_PROC_BODY = """
+frontend hop1p
+    bind 127.0.0.1:{ha1p}
+    default_backend to_hop2p
+backend to_hop2p
+    http-reuse always
+    server hop2p 127.0.0.1:{ha2p} ssl crt {dir}/frontend.pem ca-file {dir}/ca.pem verify required alpn http/1.1
+"""
+
+HOP2_PROC_BODY = """
+frontend hop2p
+    bind 127.0.0.1:{ha2p} ssl crt {dir}/product.pem ca-file {dir}/ca.pem verify required alpn http/1.1
+    default_backend to_appp
+backend to_appp
     http-reuse always
     server app 127.0.0.1:{app}
 """
@@ -194,6 +216,75 @@ def sidecar_main(role: str, directory: Path) -> None:
         profiler.dump_stats(str(Path(profile_dir) / f"sidecar-{role}.prof"))
 
 
+def floor_main() -> None:
+    """The floor of this stack: a featureless keep-alive HTTP/1.1 proxy on uvloop + httptools +
+    Protocols, one upstream connection per downstream one, no routing, telemetry or policy.
+    What the sidecar costs above it is the price of its features and of our code."""
+    import httptools
+    import uvloop
+
+    class Up(asyncio.Protocol):
+        def __init__(self, down: Down) -> None:
+            self.down = down
+            self.parser = httptools.HttpResponseParser(self)
+            self.chunks: list[bytes] = []
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)
+
+        def data_received(self, data: bytes) -> None:
+            self.chunks.append(data)
+            self.parser.feed_data(data)
+
+        def on_message_complete(self) -> None:
+            self.down.transport.write(b"".join(self.chunks))
+            self.chunks.clear()
+
+    class Down(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)
+            self.parser = httptools.HttpRequestParser(self)
+            self.headers: list[bytes] = []
+            self.up: Up | None = None
+            self.pending: bytes | None = None
+            asyncio.get_running_loop().create_task(self.connect())
+
+        async def connect(self) -> None:
+            _, up = await asyncio.get_running_loop().create_connection(
+                lambda: Up(self), "127.0.0.1", PORTS["app"])
+            self.up = up
+            if self.pending is not None:
+                self.up.transport.write(self.pending)
+                self.pending = None
+
+        def on_url(self, url: bytes) -> None:
+            self.url = url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers.append(name + b": " + value)
+
+        def on_message_complete(self) -> None:
+            head = b"GET " + self.url + b" HTTP/1.1\r\n" + b"\r\n".join(self.headers) + b"\r\n\r\n"
+            self.headers = []
+            if self.up is None:
+                self.pending = head
+            else:
+                self.up.transport.write(head)
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+    async def run() -> None:
+        server = await asyncio.get_running_loop().create_server(Down, "127.0.0.1", PORTS["floor"])
+        print("ready", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        server.close()
+
+    uvloop.run(run())
+
+
 def profile_main(out_dir: Path, duration: int) -> None:
     """Only the two-sidecar mTLS chain, each sidecar under cProfile; prints the top entries."""
     import pstats
@@ -304,11 +395,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--sidecar", choices=("a", "b", "single"))
+    parser.add_argument("--sidecar", choices=("a", "b", "single", "floor"))
     parser.add_argument("--dir")
     parser.add_argument("--profile", metavar="OUT_DIR",
                         help="only profile the two-sidecar chain (cProfile) into OUT_DIR")
     args = parser.parse_args()
+    if args.sidecar == "floor":
+        floor_main()
+        return
     if args.sidecar:
         sidecar_main(args.sidecar, Path(args.dir))
         return
@@ -322,25 +416,34 @@ def main() -> None:
         directory = Path(tmp)
         make_pki(directory)
         fmt = {**PORTS, "dir": tmp}
-        for name, body in (("app", APP_BODY), ("hops", HOP_BODY), ("single", SINGLE_BODY)):
+        for name, body in (("app", APP_BODY), ("hops", HOP_BODY), ("single", SINGLE_BODY),
+                           ("hop1p", HOP1_PROC_BODY), ("hop2p", HOP2_PROC_BODY)):
             (directory / f"{name}.cfg").write_text(HAPROXY_TEMPLATE.format(body=body.format(**fmt)))
         procs = Procs()
         try:
             procs.start(["haproxy", "-f", str(directory / "app.cfg")], cpu=1, ready_port=PORTS["app"])
             ha_hops = procs.start(["haproxy", "-f", str(directory / "hops.cfg")], cpu=0,
                                   ready_port=PORTS["ha1"])
+            ha_hop2p = procs.start(["haproxy", "-f", str(directory / "hop2p.cfg")], cpu=0,
+                                   ready_port=PORTS["ha2p"])
+            ha_hop1p = procs.start(["haproxy", "-f", str(directory / "hop1p.cfg")], cpu=0,
+                                   ready_port=PORTS["ha1p"])
             ha_single = procs.start(["haproxy", "-f", str(directory / "single.cfg")], cpu=0,
                                     ready_port=PORTS["ha_single"])
             side = [py, str(Path(__file__).resolve()), "--dir", tmp, "--sidecar"]
             single = procs.start([*side, "single"], cpu=0, wait_line=True)
+            floor = procs.start([*side, "floor"], cpu=0, wait_line=True)
             side_b = procs.start([*side, "b"], cpu=0, wait_line=True)
             side_a = procs.start([*side, "a"], cpu=0, wait_line=True)
             setups = {"direct": PORTS["app"], "haproxy-1": PORTS["ha_single"],
+                      "python-floor-1": PORTS["floor"],
                       "sidecar-1": PORTS["s1_out"], "haproxy-2tls": PORTS["ha1"],
-                      "sidecar-2tls": PORTS["sa_out"]}
+                      "haproxy-2tls-2p": PORTS["ha1p"], "sidecar-2tls": PORTS["sa_out"]}
             # The proxy processes whose CPU time a setup's requests cost.
             proxy_pids = {"direct": [], "haproxy-1": [ha_single.pid],
+                          "python-floor-1": [floor.pid],
                           "sidecar-1": [single.pid], "haproxy-2tls": [ha_hops.pid],
+                          "haproxy-2tls-2p": [ha_hop1p.pid, ha_hop2p.pid],
                           "sidecar-2tls": [side_a.pid, side_b.pid]}
             for port in setups.values():
                 wrk(port, 4, 1)  # warm up: connections, pools, TLS sessions
@@ -378,7 +481,8 @@ def main() -> None:
                 paced[label] = (res["rps"], holder["rss"])
             paced["sidecar-2tls B"] = (paced["sidecar-2tls A"][0], rss_mb(side_b.pid))
             haproxy_rss = {"haproxy-1": rss_mb(ha_single.pid),
-                           "haproxy-2tls (both hops)": rss_mb(ha_hops.pid)}
+                           "haproxy-2tls (both hops)": rss_mb(ha_hops.pid),
+                           "haproxy-2tls-2p (both hops)": rss_mb(ha_hop1p.pid) + rss_mb(ha_hop2p.pid)}
         finally:
             procs.stop_all()
     print()
@@ -394,11 +498,16 @@ def main() -> None:
               f"{med['low_p50']:7.3f}ms {med['low_p99']:7.3f}ms {med['cpu_us']:9.1f} "
               f"{med['non2xx']:7.0f}")
     ratio = summary["sidecar-2tls"]["rps"] / summary["haproxy-2tls"]["rps"]
+    ratio_2p = summary["sidecar-2tls"]["rps"] / summary["haproxy-2tls-2p"]["rps"]
     added_side = summary["sidecar-2tls"]["low_p50"] - summary["direct"]["low_p50"]
     added_ha = summary["haproxy-2tls"]["low_p50"] - summary["direct"]["low_p50"]
+    added_ha_2p = summary["haproxy-2tls-2p"]["low_p50"] - summary["direct"]["low_p50"]
     print(f"two-hop mTLS throughput, sidecars / HAProxy: {ratio:.2f} (target >= 0.8)")
+    print(f"  against HAProxy as two processes, one per hop: {ratio_2p:.2f}")
     print(f"p50 added at low rate: sidecars {added_side:.3f} ms, HAProxy {added_ha:.3f} ms, "
           f"ratio {added_side / added_ha if added_ha > 0 else float('nan'):.2f} (target <= 1.2)")
+    print(f"  against HAProxy as two processes: {added_ha_2p:.3f} ms, ratio "
+          f"{added_side / added_ha_2p if added_ha_2p > 0 else float('nan'):.2f}")
     for label, (rps, rss) in paced.items():
         print(f"RSS at ~{rps:.0f} req/s: {label}: {rss:.1f} MB (target <= 40)")
     for label, rss in haproxy_rss.items():
