@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,12 @@ def test_tap_follower_waits_for_whole_lines(tmp_path: Path) -> None:
         fh.write(b": 2}\n")
     assert list(f.lines()) == [b'{"b": 2}']
     f.close()
+
+
+def test_tap_started_at_is_boot_time_plus_start_ticks(tmp_path: Path) -> None:
+    """Without --since, tap starts at the mesh's start: an earlier run's requests stay out."""
+    (tmp_path / "stat").write_text("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n")
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert tap.started_at(30 * ticks, tmp_path) == 1700000030
+    assert tap.started_at(None, tmp_path) is None
+    assert tap.started_at(5, tmp_path / "missing") is None

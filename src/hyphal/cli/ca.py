@@ -146,7 +146,7 @@ def _retrying(client: ApiClient, step: str, deadline: float) -> dict[str, Any]:
                 raise
             msg = "; ".join(exc.errors)
             if msg != last:
-                print(f"waiting: {msg}", file=sys.stderr)
+                print(f"waiting: {msg}", flush=True)  # progress, not an error
                 last = msg
         time.sleep(0.5)
 

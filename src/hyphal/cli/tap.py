@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import sys
 import time
@@ -25,7 +26,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("tap", help="watch a workload's requests as its sidecars see them")
     p.add_argument("workload", metavar="WORKLOAD")
     p.add_argument("--replica", type=int, default=None, help="only this replica (default: all)")
-    p.add_argument("--since", default="5m", help="how far back to start, e.g. 30s, 5m (5m)")
+    p.add_argument("--since", default=None,
+                   help="how far back to start, e.g. 30s, 5m (default: 5m, and never before "
+                        "this mesh was started, so an earlier run's requests stay out)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new requests")
     p.add_argument("-o", "--output", choices=("line", "json"), default="line")
     p.add_argument("--max", type=int, default=0, metavar="N",
@@ -100,12 +103,26 @@ class _Follower:
             self.fh.close()
 
 
+def started_at(start_ticks: int | None, proc: Path = Path("/proc")) -> float | None:
+    """Wall-clock time a process started, from its start time in clock ticks since boot
+    (/proc/<pid>/stat field 22) and the boot time; None when either is unknown."""
+    if start_ticks is None:
+        return None
+    try:
+        for line in (proc / "stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return int(line.split()[1]) + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from hyphal.local.observe import NoSuchReplica, find_replica
     from hyphal.local.rundir import RunDir
 
     try:
-        since = parse_duration(args.since)
+        since = parse_duration(args.since or "5m")
         state = RunDir(args.run_dir).require_state()
         if args.replica is not None:
             replicas = [find_replica(state, args.workload, args.replica)]
@@ -117,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"hyphal tap: {exc}", file=sys.stderr)
         return 1
     cutoff = time.time() - since
+    if args.since is None:  # only this run's requests, unless asked for a window explicitly
+        cutoff = max(cutoff, started_at(state.supervisor_start_ticks) or cutoff)
     followers = [_Follower(f"{r['workload']}-{r['replica']}", Path(r["sidecar_log"]))
                  for r in replicas]
     printed = 0
