@@ -93,15 +93,28 @@ def show(state: MeshState, calls: int) -> None:
     order.close()
 
 
+def payment_check(order: MeshClient) -> str:
+    """One order -> payment call: the AuthorizationPolicy's verdict as the demo prints it."""
+    resp = order.post("http://payment:8080/process", {"amount": 1})
+    reason = resp.headers.get("x-hyphal-reason")
+    return f"{resp.status}" + (f" {reason}" if reason else "")
+
+
+def watch_line(front: MeshClient, order: MeshClient, calls: int) -> str:
+    split = measure_split(front, calls)
+    parts = ", ".join(f"{v} {n * 100 / calls:.0f}%" for v, n in sorted(split.items()))
+    return (f"{time.strftime('%H:%M:%S')} product split over the last {calls} calls: {parts}; "
+            f"order -> payment POST /process: {payment_check(order)}")
+
+
 def watch_split(state: MeshState, every: float = 5.0, calls: int = 200) -> None:
-    """Until Ctrl-C: the live product split, one line per `every` seconds, so that a
-    `hyphal apply` made in another terminal is seen being followed."""
+    """Until Ctrl-C: the live product split and payment's verdict on order, one line per
+    `every` seconds, so that a `hyphal apply` made in another terminal is seen being
+    followed (examples/try/: product-50-50.yaml, payment-deny-all.yaml)."""
     front = MeshClient(_proxy_port(state, "frontend"))
+    order = MeshClient(_proxy_port(state, "order"))
     while True:
-        split = measure_split(front, calls)
-        parts = ", ".join(f"{v} {n * 100 / calls:.0f}%" for v, n in sorted(split.items()))
-        print(f"{time.strftime('%H:%M:%S')} product split over the last {calls} calls: {parts}",
-              flush=True)
+        print(watch_line(front, order, calls), flush=True)
         time.sleep(every)
 
 
@@ -128,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         show(state, args.calls)
         if not once:
             print(f"\nthe mesh is up. In another terminal try: hyphal status, "
-                  f"hyphal apply -f examples/try/product-50-50.yaml, "
+                  f"hyphal apply -f examples/try/product-50-50.yaml (or "
+                  f"payment-deny-all.yaml), "
                   f"hyphal proxy-config frontend routes, hyphal logs payment -f "
                   f"(run dir {args.run_dir}). Ctrl-C stops it.")
             watch_split(state)

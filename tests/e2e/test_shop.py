@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from shop_helpers import SHOP, hyphal, mesh_up, needs_planes, status
 
+from hyphal.demo import watch_line
 from hyphal.local import procs
 from hyphal.local.client import MeshClient, xfcc_uri
 from hyphal.local.observe import find_replica
@@ -145,6 +146,33 @@ def test_live_apply_of_50_50_is_followed_within_a_second(
         seen = split(c, 600)
     assert followed < 1.0, f"followed after {followed:.2f}s"
     assert 40.0 <= 100 * seen["v2"] / 600 <= 60.0, seen
+
+
+def test_deny_all_from_examples_try_is_seen_by_the_demo_line(
+        shop: tuple[MeshState, Path]) -> None:
+    """What `make demo` prints every 5 s follows examples/try/payment-deny-all.yaml, and the
+    shop's own security.yaml restores order's right to pay."""
+    state, _ = shop
+
+    def apply(path: Path) -> None:
+        done = hyphal("apply", "-f", str(path), "--api", state.api, "--state-dir", state.state_dir)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def until(verdict: str) -> str:
+        deadline = time.monotonic() + 10
+        while True:
+            line = watch_line(front, order, 10)
+            if line.endswith(f"order -> payment POST /process: {verdict}"):
+                return line
+            assert time.monotonic() < deadline, line
+            time.sleep(0.1)
+
+    with client(state, "frontend") as front, client(state, "order") as order:
+        until("200")
+        apply(SHOP.parent / "try" / "payment-deny-all.yaml")
+        assert "product split over the last 10 calls: v" in until("403 rbac_denied")
+        apply(SHOP / "mesh" / "security.yaml")
+        until("200")
 
 
 def test_down_stops_every_process(shop: tuple[MeshState, Path]) -> None:
