@@ -8,10 +8,10 @@ use it, existing ones continue.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ class _Contexts:
     client_h2: ssl.SSLContext
 
 
-def _load(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes, server: bool,
+def _load(paths: tuple[str, str], bundle_pem: bytes, server: bool,
           alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -43,7 +43,40 @@ def _load(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes, server: bool,
         ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.options |= ssl.OP_NO_COMPRESSION
-    # ssl only loads key material from files: a private 0700 directory, removed at once.
+    try:
+        ctx.load_cert_chain(*paths)
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsConfigError(
+            f"cannot load the workload certificate chain and key: {exc}; check that the "
+            "key matches the first certificate of the chain and both are PEM"
+        ) from exc
+    try:
+        ctx.load_verify_locations(cadata=bundle_pem.decode("ascii"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise TlsConfigError(f"cannot load the trust bundle (PEM roots): {exc}") from exc
+    return ctx
+
+
+@contextlib.contextmanager
+def _pem_files(chain_pem: bytes, key_pem: bytes) -> Iterator[tuple[str, str]]:
+    """Paths holding the chain and the key while contexts load them (ssl reads key
+    material only from files). On Linux these are memory files (memfd): the key never
+    touches a file system and no `tempfile`/`shutil` is imported (RSS); elsewhere a
+    private 0700 directory, removed at once."""
+    if hasattr(os, "memfd_create"):
+        fds: list[int] = []
+        try:
+            for data in (chain_pem, key_pem):
+                fd = os.memfd_create("hyphal-tls", os.MFD_CLOEXEC)
+                fds.append(fd)
+                os.write(fd, data)
+            yield f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}"
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="hyphal-tls-") as tmp:
         os.chmod(tmp, 0o700)
         chain_path = os.path.join(tmp, "chain.pem")
@@ -53,18 +86,7 @@ def _load(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes, server: bool,
             handle.write(key_pem)
         with open(chain_path, "wb") as handle:
             handle.write(chain_pem)
-        try:
-            ctx.load_cert_chain(chain_path, key_path)
-        except (ssl.SSLError, OSError) as exc:
-            raise TlsConfigError(
-                f"cannot load the workload certificate chain and key: {exc}; check that the "
-                "key matches the first certificate of the chain and both are PEM"
-            ) from exc
-    try:
-        ctx.load_verify_locations(cadata=bundle_pem.decode("ascii"))
-    except (ssl.SSLError, ValueError) as exc:
-        raise TlsConfigError(f"cannot load the trust bundle (PEM roots): {exc}") from exc
-    return ctx
+        yield chain_path, key_path
 
 
 class TlsMaterial:
@@ -73,18 +95,19 @@ class TlsMaterial:
     __slots__ = ("_contexts", "_front", "identity")
 
     def __init__(self, chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> None:
-        self._contexts = self._build(chain_pem, key_pem, bundle_pem)
-        self.identity = spiffe_from_pem(chain_pem)
-        # The listening sockets keep one "front" context whose SNI callback swaps in the
-        # current one at ClientHello time, so rotation reaches already-bound listeners.
-        self._front = _load(chain_pem, key_pem, bundle_pem, server=True)
+        with _pem_files(chain_pem, key_pem) as paths:
+            self._contexts = self._build(paths, bundle_pem)
+            self.identity = _spiffe_from_file(paths[0])
+            # The listening sockets keep one "front" context whose SNI callback swaps in
+            # the current one at ClientHello time, so rotation reaches bound listeners.
+            self._front = _load(paths, bundle_pem, server=True)
         self._front.sni_callback = self._select
 
     @staticmethod
-    def _build(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> _Contexts:
-        return _Contexts(_load(chain_pem, key_pem, bundle_pem, server=True),
-                         _load(chain_pem, key_pem, bundle_pem, server=False),
-                         _load(chain_pem, key_pem, bundle_pem, server=False, alpn=("h2",)))
+    def _build(paths: tuple[str, str], bundle_pem: bytes) -> _Contexts:
+        return _Contexts(_load(paths, bundle_pem, server=True),
+                         _load(paths, bundle_pem, server=False),
+                         _load(paths, bundle_pem, server=False, alpn=("h2",)))
 
     def _select(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
         current = self._contexts.server
@@ -93,8 +116,10 @@ class TlsMaterial:
 
     def update(self, chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> None:
         """Rotate: contexts are built first, so a bad input leaves the old material serving."""
-        contexts = self._build(chain_pem, key_pem, bundle_pem)
-        self.identity = spiffe_from_pem(chain_pem)
+        with _pem_files(chain_pem, key_pem) as paths:
+            contexts = self._build(paths, bundle_pem)
+            identity = _spiffe_from_file(paths[0])
+        self.identity = identity
         self._contexts = contexts
 
     @property
@@ -128,8 +153,22 @@ def spiffe_id(peercert: dict[str, Any] | None) -> str | None:
     return None
 
 
-def spiffe_from_pem(chain_pem: bytes) -> str:
-    """Our own SPIFFE id, from the leaf of a PEM chain ("" when it has none)."""
+def _spiffe_from_file(chain_path: str) -> str:
+    """Our own SPIFFE id, from the leaf of the PEM chain at `chain_path` ("" if none)."""
+    # OpenSSL decodes the leaf into the same dict as `getpeercert()` gives for peers, so
+    # the sidecar does not load `cryptography` (~7 MB RSS) for its own id. The decoder is
+    # CPython's `_ssl._test_decode_cert`; should a Python lack it, `cryptography` does it.
+    decode = getattr(ssl._ssl, "_test_decode_cert", None)  # type: ignore[attr-defined]
+    if decode is None:
+        with open(chain_path, "rb") as handle:
+            return _spiffe_with_cryptography(handle.read())
+    try:
+        return spiffe_id(decode(chain_path)) or ""
+    except (ssl.SSLError, OSError, ValueError):
+        return ""
+
+
+def _spiffe_with_cryptography(chain_pem: bytes) -> str:
     from cryptography import x509
 
     try:
