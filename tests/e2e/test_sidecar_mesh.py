@@ -494,7 +494,18 @@ def test_proxy_answers_say_why_and_calls_are_counted_and_logged(mesh: Mesh) -> N
     )
 
 
-# --------------------------------------------------------------------------- 6. teardown
+# --------------------------------------------------------------------------- 6. memory
+
+
+def test_running_sidecars_hold_no_cryptography_or_pydantic(mesh: Mesh) -> None:
+    """Certificates are made in a short-lived child (hyphal.proxy.cert_worker) and the
+    bootstrap is checked by hand: neither library is mapped into a serving sidecar (RSS)."""
+    for w in mesh.workloads.values():
+        maps = Path(f"/proc/{w.sidecar_pid}/maps").read_text()
+        assert "cryptography" not in maps and "pydantic_core" not in maps, w.name
+
+
+# --------------------------------------------------------------------------- 7. teardown
 
 
 def test_every_process_is_gone_after_stop(mesh: Mesh) -> None:

@@ -29,7 +29,11 @@ async def test_renewal_after_the_token_expired_uses_the_current_certificate(
         ports = await plane.start()
         token_file = tmp_path / "token"
         issuer = TokenIssuer.load_or_create(state, "cluster.local")
-        token_file.write_text(issuer.mint("demo", "api", dt.timedelta(seconds=1)))
+        # Long enough for the first issuance, which runs in a child process
+        # (hyphal.proxy.cert_worker: ~0.3 s CPU, more on a loaded machine).
+        lifetime = 3.0
+        expiry = asyncio.get_running_loop().time() + lifetime
+        token_file.write_text(issuer.mint("demo", "api", dt.timedelta(seconds=lifetime)))
         boot = parse_bootstrap({
             "node": {"id": "api-0.demo", "cluster": "api", "metadata": {
                 "NAMESPACE": "demo", "SERVICE_ACCOUNT": "api", "WORKLOAD_NAME": "api",
@@ -43,9 +47,48 @@ async def test_renewal_after_the_token_expired_uses_the_current_certificate(
         }, source="test-bootstrap", base_dir=tmp_path)
         certs = CertManager(boot)
         first = await certs.issue()
-        await asyncio.sleep(1.5)  # the bootstrap token is now expired
+        # Then the bootstrap token expires.
+        await asyncio.sleep(expiry - asyncio.get_running_loop().time() + 0.5)
         renewed = await certs._renew(first)
         assert renewed.spiffe_id == first.spiffe_id
         assert renewed.chain_pem != first.chain_pem
+    finally:
+        await plane.stop()
+
+
+async def test_a_refused_request_is_reported_with_the_cas_status(tmp_path: Path) -> None:
+    """The request runs in hyphal.proxy.cert_worker's child: the CA's refusal comes back as a
+    CertificateRequestError with its gRPC status, and nothing is issued."""
+    import grpc
+    import pytest
+
+    from hyphal.identity.client import CertificateRequestError
+
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    state = tmp_path / "state"
+    plane = ControlPlane(ControlOptions(
+        config_dir=config_dir, state_dir=state, xds_port=0, xds_plaintext_port=None,
+        ca_port=0, api_port=0))
+    try:
+        ports = await plane.start()
+        token_file = tmp_path / "token"
+        token_file.write_text("not.a.token")
+        boot = parse_bootstrap({
+            "node": {"id": "api-0.demo", "cluster": "api", "metadata": {
+                "NAMESPACE": "demo", "SERVICE_ACCOUNT": "api", "WORKLOAD_NAME": "api",
+                "LABELS": {"app": "api"}, "INSTANCE_IP": "127.0.0.1", "PROXY_MODE": "sidecar",
+                "OUTBOUND_HTTP_PORT": 20001, "PORTS": []}},
+            "xds_address": f"127.0.0.1:{ports['xds']}",
+            "ca_address": f"127.0.0.1:{ports['ca']}",
+            "root_cert_file": str(state / "ca" / "root-cert.pem"),
+            "token_file": str(token_file), "trust_domain": "cluster.local",
+            "admin_port": 20002, "cert_ttl_seconds": 3600,
+        }, source="test-bootstrap", base_dir=tmp_path)
+        certs = CertManager(boot)
+        with pytest.raises(CertificateRequestError, match="refused") as refused:
+            await certs.issue()
+        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert not certs.ready and certs.info() is None
     finally:
         await plane.stop()

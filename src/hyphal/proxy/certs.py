@@ -1,10 +1,12 @@
 """The sidecar's workload certificate: obtain it from the CA at start, rotate it, hand it out.
 
-The private key is made here (ECDSA P-256) and never leaves the process: it is not logged,
-not written to disk, and `repr` of everything holding it hides it. A fresh key is made for
-every renewal. The certificate is obtained with the bootstrap token (`token_file`, re-read
-each time) and, for renewals, falls back to proving identity with the current certificate
-over mTLS when the token is gone or expired.
+The private key (ECDSA P-256) is made, with the CSR, in a short-lived child process
+(`hyphal.proxy.cert_worker`, so that `cryptography` and its ~10 MB stay out of this
+long-lived one) and reaches this process over a pipe: it is not logged, not written to disk,
+and `repr` of everything holding it hides it. A fresh key is made for every renewal. The
+certificate is obtained with the bootstrap token (`token_file`, re-read each time) and, for
+renewals, falls back to proving identity with the current certificate over mTLS when the
+token is gone or expired.
 
 Consumers subscribe with `on_rotate(callback)`: the data plane's `TlsMaterial.update` and the
 ADS client's reconnect. The trust bundle is the bootstrap's root until the control plane
@@ -25,23 +27,19 @@ import datetime as dt
 import hashlib
 import logging
 import random
+import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-
-from hyphal.identity.certs import CertificateError, load_chain
 from hyphal.identity.client import (
     CertBundle,
     CertificateRequestError,
     CertificateRotator,
-    request_certificate,
 )
-from hyphal.identity.keys import generate_key
 from hyphal.identity.spiffe import SpiffeId
 from hyphal.proxy.bootstrap import Bootstrap, BootstrapError
+from hyphal.proxy.cert_worker import LeafFacts, candidate_roots, leaf_facts, obtain
 from hyphal.proxy.xds_client import TlsCredentials
 
 __all__ = ["CertInfo", "CertManager", "CertificateRequestError"]
@@ -82,6 +80,8 @@ class CertManager:
         self._rotations = 0
         self._renew_due: CertBundle | None = None  # renew this one at once (root rotation)
         self._wake: asyncio.Event | None = None
+        # What the worker found about each certificate it obtained (by chain PEM).
+        self._facts: dict[bytes, LeafFacts] = {}
         self.early_renewal_jitter = 1.0  # seconds
 
     def __repr__(self) -> str:
@@ -133,8 +133,8 @@ class CertManager:
             return ""
         mine = self.root_fingerprint
         try:
-            roots = [_fingerprint(r) for r in load_chain(pem)]
-        except (CertificateError, ValueError):
+            roots = _pem_fingerprints(pem)
+        except (ssl.SSLError, ValueError):
             return ""  # the data plane reports an unusable bundle; nothing to decide here
         if not mine or not roots:
             return ""
@@ -157,15 +157,15 @@ class CertManager:
     def root_fingerprint(self) -> str:
         """SHA-256 (hex) of the root our certificate chains to ('' before the first one)."""
         b = self._bundle
-        if b is None:
-            return ""
-        leaf = x509.load_pem_x509_certificate(b.chain_pem)
-        candidates = (self._trust_bundle or b"") + b"\n" + b.roots_pem + b"\n" + self._root_pem
-        try:
-            roots = load_chain(candidates)
-        except (CertificateError, ValueError):
-            return ""
-        return next((_fingerprint(r) for r in roots if _issued_by(leaf, r)), "")
+        return self._leaf_facts(b).root_fingerprint if b is not None else ""
+
+    def _leaf_facts(self, b: CertBundle) -> LeafFacts:
+        found = self._facts.get(b.chain_pem)
+        if found is not None:
+            return found
+        # A bundle that did not come from the worker (set directly, as tests do): look it up
+        # here, with cryptography, against the roots known now.
+        return leaf_facts(b, candidate_roots(self._trust_bundle or b"", b, self._root_pem))
 
     def control_plane_roots(self) -> bytes:
         """Roots that may have signed the control plane's serving cert: bootstrap + ROOTCA."""
@@ -185,14 +185,14 @@ class CertManager:
     def info(self) -> CertInfo | None:
         if self._bundle is None:
             return None
-        leaf = x509.load_pem_x509_certificate(self._bundle.chain_pem)
+        facts = self._leaf_facts(self._bundle)
         return CertInfo(
             spiffe_id=self._bundle.spiffe_id.uri,
-            serial=format(leaf.serial_number, "x"),
-            not_before=leaf.not_valid_before_utc.isoformat(),
-            not_after=leaf.not_valid_after_utc.isoformat(),
+            serial=facts.serial,
+            not_before=facts.not_before,
+            not_after=facts.not_after,
             rotations=self._rotations,
-            root_fingerprint=self.root_fingerprint,
+            root_fingerprint=facts.root_fingerprint,
         )
 
     # -- obtaining certificates
@@ -203,6 +203,7 @@ class CertManager:
         self._root_pem = self._b.read_root_pem()
         bundle = await self._request(self._b.read_token(), None)
         self._bundle = bundle
+        self._forget_facts_but(bundle)
         log.info(
             "obtained certificate for %s, valid until %s",
             bundle.spiffe_id.uri,
@@ -215,16 +216,22 @@ class CertManager:
         # certificates: the mTLS xDS port, where the CA service is served too. The CA port
         # is server-side TLS only (a CSR there carries a token).
         address = self._b.ca_address if token is not None else self._b.xds_address
-        return await request_certificate(
+        bundle, facts = await obtain(
             address,
             self.control_plane_roots(),
             token,
-            generate_key(),
             self._spiffe,
             dt.timedelta(seconds=self._b.cert_ttl_seconds),
             client_bundle=current,
             timeout=self._timeout,
+            trust_bundle=self._trust_bundle or b"",
+            bootstrap_root=self._root_pem,
         )
+        self._facts[bundle.chain_pem] = facts
+        return bundle
+
+    def _forget_facts_but(self, bundle: CertBundle) -> None:
+        self._facts = {k: v for k, v in self._facts.items() if k == bundle.chain_pem}
 
     async def _renew(self, current: CertBundle) -> CertBundle:
         try:
@@ -244,6 +251,7 @@ class CertManager:
 
     def _accept(self, bundle: CertBundle) -> None:
         self._bundle = bundle
+        self._forget_facts_but(bundle)
         self._rotations += 1
         self._notify()
 
@@ -294,15 +302,12 @@ async def _sleep_or(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-def _fingerprint(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
-def _issued_by(leaf: x509.Certificate, root: x509.Certificate) -> bool:
-    if leaf.issuer != root.subject:
-        return False
-    try:
-        leaf.verify_directly_issued_by(root)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
+def _pem_fingerprints(pem: bytes) -> list[str]:
+    """SHA-256 of each certificate's DER in `pem`, without cryptography. A blob OpenSSL
+    cannot read raises ssl.SSLError or ValueError."""
+    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("ascii"))
+    return [hashlib.sha256(ssl.PEM_cert_to_DER_cert(m.group().decode("ascii"))).hexdigest()
+            for m in _PEM_CERT.finditer(pem)]

@@ -21,8 +21,6 @@ from hyphal.proxy.filters.jwt import (
 )
 from hyphal.proxy.filters.ratelimit import BucketSpec, RateLimitConfig, RateLimitFilter
 
-JWT_AUTHN = "envoy.filters.http.jwt_authn"
-LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
 PRINCIPAL_DESCRIPTOR = "source.principal"
 
 

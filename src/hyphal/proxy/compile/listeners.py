@@ -19,13 +19,18 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from hyphal.proxy.compile import capture as capture_compile
-from hyphal.proxy.compile import filters as filters_compile
 from hyphal.proxy.compile import rbac as rbac_compile
 from hyphal.proxy.compile.clusters import TLS_SOCKET, check_sds
 from hyphal.proxy.compile.common import Where, join
 from hyphal.proxy.compile.routes import route_table
 from hyphal.proxy.compile.types import LISTENER
 from hyphal.proxy.runtime.tables import DownstreamTls, ListenerKind, ListenerSpec, RouteTable
+
+# Inbound request filters, compiled by hyphal.proxy.compile.filters (their names live here so
+# that module is imported only when a listener has one).
+JWT_AUTHN = "envoy.filters.http.jwt_authn"
+LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
+REQUEST_FILTERS = (JWT_AUTHN, LOCAL_RATELIMIT)
 
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -199,7 +204,11 @@ def _http_listener(
             hr = w.unpack(f.typed_config, http_rbac_pb2.RBAC, tpath)
             w.only(hr, {"rules", "rules_stat_prefix"}, tpath)
             rbac_filters.append((hr.rules if hr.HasField("rules") else None, join(tpath, "rules")))
-        elif f.name in (filters_compile.JWT_AUTHN, filters_compile.LOCAL_RATELIMIT):
+        elif f.name in REQUEST_FILTERS:
+            # Imported only for a listener that has one: JWT checks load cryptography
+            # (~8 MB RSS), which a sidecar without JWT policies never needs.
+            from hyphal.proxy.compile import filters as filters_compile
+
             if not inbound:
                 raise w.error(join(path, "name"), f"{f.name} is supported on inbound listeners")
             if rbac_filters:
@@ -207,7 +216,7 @@ def _http_listener(
                               "(the hyphal sidecar runs request filters, then RBAC)")
             request_filters.append(
                 filters_compile.jwt_authn(f.typed_config, w, tpath)
-                if f.name == filters_compile.JWT_AUTHN
+                if f.name == JWT_AUTHN
                 else filters_compile.local_ratelimit(f.typed_config, w, tpath, lst.name))
         else:
             raise w.error(join(path, "name"), f"http filter {f.name!r} is not supported")

@@ -1,0 +1,200 @@
+"""Obtain a workload certificate in a short-lived child process (`-m hyphal.proxy.cert_worker`).
+
+Making the key and the CSR and checking the CA's answer take `cryptography`, whose import
+costs ~10 MB of RSS that would stay for the life of the sidecar, although it is needed only
+at start and at each rotation, hours apart. So the sidecar runs this module as a child: the
+request goes in as JSON on stdin; the new bundle (key, chain, roots) and what the sidecar
+reports about it later (serial, validity, the root it chains to) come back as JSON on stdout.
+The private key is made in the child and crosses only that pipe: it is never logged, never
+written to disk. Errors come back as CertificateRequestError with the CA's gRPC status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from hyphal.identity.client import CertBundle, CertificateRequestError
+from hyphal.identity.spiffe import SpiffeId
+
+__all__ = ["LeafFacts", "candidate_roots", "leaf_facts", "obtain"]
+
+# The child imports hyphal from the same tree as this process (tests run from a checkout).
+_SRC = str(Path(__file__).resolve().parents[2])
+_STARTUP_S = 30.0  # the child's own start (interpreter, grpc, cryptography) on a busy host
+
+
+@dataclass(frozen=True, slots=True)
+class LeafFacts:
+    """What the sidecar reports about its certificate (/config_dump, CERT_ROOT)."""
+
+    serial: str
+    not_before: str
+    not_after: str
+    root_fingerprint: str  # SHA-256 of the root that issued the leaf ('' if none of ours)
+
+
+async def obtain(
+    address: str,
+    root_pem: bytes,
+    token: str | None,
+    spiffe_id: SpiffeId,
+    ttl: dt.timedelta,
+    *,
+    client_bundle: CertBundle | None,
+    timeout: float,
+    trust_bundle: bytes,
+    bootstrap_root: bytes,
+) -> tuple[CertBundle, LeafFacts]:
+    """`hyphal.identity.client.request_certificate` with a fresh key, run in a child; the
+    root that issued the new leaf is looked up as `candidate_roots` says."""
+    request = {
+        "address": address,
+        "root_pem": root_pem.decode("ascii"),
+        "token": token,
+        "spiffe_id": spiffe_id.uri,
+        "ttl_s": ttl.total_seconds(),
+        "client_bundle": _bundle_to_json(client_bundle) if client_bundle else None,
+        "timeout": timeout,
+        "trust_bundle": trust_bundle.decode("ascii"),
+        "bootstrap_root": bootstrap_root.decode("ascii"),
+    }
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, env.get("PYTHONPATH", "")) if p)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", __name__,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+    )
+    try:
+        out, _ = await asyncio.wait_for(
+            proc.communicate(json.dumps(request).encode()), timeout + _STARTUP_S)
+    except TimeoutError:
+        raise CertificateRequestError(
+            f"the certificate worker for {spiffe_id.uri} did not answer within "
+            f"{timeout + _STARTUP_S:.0f}s") from None
+    finally:
+        if proc.returncode is None:  # timed out or cancelled (the sidecar is stopping)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    try:
+        reply = json.loads(out)
+    except ValueError:
+        reply = None
+    if proc.returncode != 0 or not isinstance(reply, dict):
+        raise CertificateRequestError(
+            f"the certificate worker for {spiffe_id.uri} failed (exit {proc.returncode}); "
+            "its error is in this sidecar's log")
+    if "error" in reply:
+        code = reply.get("code")
+        raise CertificateRequestError(reply["error"], grpc.StatusCode[code] if code else None)
+    return _bundle_from_json(reply["bundle"]), LeafFacts(**reply["facts"])
+
+
+def candidate_roots(trust_bundle: bytes, bundle: CertBundle, bootstrap_root: bytes) -> bytes:
+    """Where to look for the root that issued `bundle`, in order: the control plane's
+    roots (ROOTCA), the CA's answer, the bootstrap root."""
+    return trust_bundle + b"\n" + bundle.roots_pem + b"\n" + bootstrap_root
+
+
+def leaf_facts(bundle: CertBundle, candidates: bytes) -> LeafFacts:
+    """Serial, validity and issuing root of `bundle`'s leaf (imports `cryptography`: the
+    child calls it, and the sidecar only for a bundle it did not get from the child)."""
+    from cryptography import x509
+
+    from hyphal.identity.certs import CertificateError, load_chain
+
+    leaf = x509.load_pem_x509_certificate(bundle.chain_pem)
+    try:
+        roots = load_chain(candidates)
+    except (CertificateError, ValueError):
+        roots = []
+    return LeafFacts(
+        serial=format(leaf.serial_number, "x"),
+        not_before=leaf.not_valid_before_utc.isoformat(),
+        not_after=leaf.not_valid_after_utc.isoformat(),
+        root_fingerprint=next((_fingerprint(r) for r in roots if _issued_by(leaf, r)), ""),
+    )
+
+
+def _fingerprint(cert: Any) -> str:
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _issued_by(leaf: Any, root: Any) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    if leaf.issuer != root.subject:
+        return False
+    try:
+        leaf.verify_directly_issued_by(root)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def _bundle_to_json(b: CertBundle) -> dict[str, Any]:
+    return {
+        "key_pem": b.key_pem.decode("ascii"),
+        "chain_pem": b.chain_pem.decode("ascii"),
+        "not_after": b.not_after.isoformat(),
+        "spiffe_id": b.spiffe_id.uri,
+        "issued_at": b.issued_at.isoformat(),
+        "roots_pem": b.roots_pem.decode("ascii"),
+    }
+
+
+def _bundle_from_json(d: dict[str, Any]) -> CertBundle:
+    return CertBundle(
+        key_pem=d["key_pem"].encode("ascii"),
+        chain_pem=d["chain_pem"].encode("ascii"),
+        not_after=dt.datetime.fromisoformat(d["not_after"]),
+        spiffe_id=SpiffeId.parse(d["spiffe_id"]),
+        issued_at=dt.datetime.fromisoformat(d["issued_at"]),
+        roots_pem=d["roots_pem"].encode("ascii"),
+    )
+
+
+def _main() -> int:
+    from hyphal.identity.client import request_certificate
+    from hyphal.identity.keys import generate_key
+
+    req = json.loads(sys.stdin.read())
+    client = req["client_bundle"]
+    try:
+        bundle = asyncio.run(request_certificate(
+            req["address"],
+            req["root_pem"].encode("ascii"),
+            req["token"],
+            generate_key(),
+            SpiffeId.parse(req["spiffe_id"]),
+            dt.timedelta(seconds=req["ttl_s"]),
+            client_bundle=_bundle_from_json(client) if client else None,
+            timeout=req["timeout"],
+        ))
+    except CertificateRequestError as exc:
+        reply: dict[str, Any] = {"error": str(exc), "code": exc.code.name if exc.code else None}
+    else:
+        facts = leaf_facts(bundle, candidate_roots(
+            req["trust_bundle"].encode("ascii"), bundle, req["bootstrap_root"].encode("ascii")))
+        reply = {"bundle": _bundle_to_json(bundle), "facts": {
+            "serial": facts.serial, "not_before": facts.not_before,
+            "not_after": facts.not_after, "root_fingerprint": facts.root_fingerprint}}
+    sys.stdout.write(json.dumps(reply))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
