@@ -11,6 +11,7 @@ characters and malformed escapes. Case is kept: paths are case-sensitive (RFC 39
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import replace
 
@@ -19,10 +20,16 @@ from hyphal.proxy.router import Target
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 _HEX = frozenset(string.hexdigits)
 _REFUSED = frozenset("\\;")
+# Anything that may need changing or refusing: an escape, a backslash, a `;`, a character
+# outside visible ASCII, an empty segment or a dot segment (`/.` also matches `/.well-known`,
+# which then just takes the full normalizer). A path without any is already normal.
+_SUSPECT = re.compile(r"[^!-~]|[%\\;]|//|/\.")
 
 
 def normalize_path(path: str) -> str | None:
     """The normalized form of an origin-form path (no query), or None to refuse it."""
+    if path[:1] == "/" and _SUSPECT.search(path) is None:
+        return path  # hot path: most paths are already normal
     if path == "*":
         return path
     if not path.startswith("/"):

@@ -21,6 +21,19 @@ _REPLACED = HOP_BY_HOP | {b"content-length", b"host", b"expect", b"x-forwarded-p
                           b"x-forwarded-client-cert", b"x-forwarded-for", b"x-request-id"}
 
 
+_XFCC: dict[tuple[str, str], bytes] = {}
+
+
+def _xfcc(own_identity: str, peer_identity: str) -> bytes:
+    """`xfcc_value`, cached: a sidecar sees the same few (own, peer) pairs on every request."""
+    value = _XFCC.get((own_identity, peer_identity))
+    if value is None:
+        if len(_XFCC) > 1024:
+            _XFCC.clear()
+        value = _XFCC[(own_identity, peer_identity)] = xfcc_value(own_identity, peer_identity)
+    return value
+
+
 def upstream_request_head(
     head: RequestHead,
     target: Target,
@@ -67,7 +80,7 @@ def upstream_request_head(
     kept.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
     kept.append((b"x-forwarded-proto", b"https" if downstream_tls else b"http"))
     if inbound and peer_identity:
-        kept.append((b"x-forwarded-client-cert", xfcc_value(own_identity, peer_identity)))
+        kept.append((b"x-forwarded-client-cert", _xfcc(own_identity, peer_identity)))
     host_line = b"Host: " + authority.encode("latin-1") + b"\r\n"
     if (picked.request_headers_to_add or picked.request_headers_to_remove
             or route.request_headers_to_add or route.request_headers_to_remove
