@@ -276,3 +276,55 @@ def test_rbac_header_map_only_for_header_rules() -> None:
     header = HeaderRule(HeaderMatcher("x-user", StringMatch(StringKind.EXACT, "x")))
     deny = RbacEngine(deny=(RbacPolicy("d", OrRule((NotRule(header),)), AnyRule()),))
     assert rbac_needs_headers(deny)
+
+
+async def test_try_timeouts_on_one_connection_each_keep_their_own_due_time(rig_for: Any) -> None:
+    # The connection keeps one timer for its tries: a try that ends leaves it armed, and a
+    # later try must neither time out at the earlier try's due time nor be forgotten.
+    rig = rig_for(route(timeout_s=0.2))
+    conn, up_t = rig.pooled()
+    rig.down.data_received(GET)
+    assert up_t.take()
+    conn.data_received(OK)
+    assert rig.down_t.take().startswith(b"HTTP/1.1 200 OK")
+    await asyncio.sleep(0.1)
+    rig.down.data_received(GET)  # due 0.2 s from now; the timer is still set for the first
+    assert up_t.take()
+    await asyncio.sleep(0.15)  # past the first request's due time
+    assert rig.down_t.written == []
+    conn.data_received(OK)
+    assert rig.down_t.take().startswith(b"HTTP/1.1 200 OK")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    rig.down.data_received(GET)  # never answered
+    assert up_t.take()
+    for _ in range(200):
+        if rig.down_t.written:
+            break
+        await asyncio.sleep(0.005)
+    elapsed = loop.time() - started
+    answer = rig.down_t.take()
+    assert answer.startswith(b"HTTP/1.1 504") and b"x-hyphal-reason: timeout" in answer
+    assert 0.19 <= elapsed < 0.5
+    assert up_t.closing  # the timed-out try's connection is not reused
+
+
+async def test_per_try_timeout_on_the_fast_path_retries(rig_for: Any) -> None:
+    policy = RetryPolicy(num_retries=1, per_try_timeout_s=0.05, base_interval_s=0.001,
+                         max_interval_s=0.002, retry_on=frozenset({"reset"}))
+    rig = rig_for(route(retry=policy))
+    first, first_t = rig.pooled()
+    rig.down.data_received(GET)
+    assert first_t.take()
+    second, second_t = rig.pooled()
+    for _ in range(100):
+        if second_t.written:
+            break
+        await asyncio.sleep(0.005)
+    assert first_t.closing and second_t.take().startswith(b"GET /items/1")
+    second.data_received(OK)
+    exchange = rig.down.queue[0] if rig.down.queue else None
+    if exchange is not None and exchange.task is not None:
+        await asyncio.wait_for(exchange.task, 2)
+    assert rig.down_t.take().startswith(b"HTTP/1.1 200 OK")
+    assert rig.ctx.stats.counter("hyphal_upstream_rq_retry", "product") == 1

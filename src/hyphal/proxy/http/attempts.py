@@ -203,23 +203,24 @@ class Attempts(Relay):
             conn.transport.pause_reading()
         self.upstream_started = time.monotonic()
 
-    def _try_timeout(self, deadline: float | None) -> float | None:
-        """Seconds this try may take (per-try timeout and the deadline), None: no limit."""
+    def _try_due(self, deadline: float | None) -> float | None:
+        """Monotonic time by which the try just sent must end (per-try timeout and the
+        deadline), None: no limit."""
         per_try = self.policy.per_try_timeout_s if self.policy else None
-        if deadline is None:
-            return per_try
-        left = deadline - time.monotonic()
-        return left if per_try is None or left < per_try else per_try
+        if per_try is None:
+            return deadline
+        due = self.upstream_started + max(per_try, 0.0)
+        return due if deadline is None or due < deadline else deadline
 
     async def _attempt_on(self, conn: UpstreamConnection, up_head: bytes, route: Route,
                           deadline: float | None) -> Outcome:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Outcome] = loop.create_future()
+        down = self.down
+        fut: asyncio.Future[Outcome] = down.loop.create_future()
         self.attempt = fut
         self._send_request(conn, up_head)
-        limit = self._try_timeout(deadline)
-        if limit is not None:
-            self.attempt_timer = loop.call_later(max(limit, 0.0), self._on_timeout, fut)
+        due = self._try_due(deadline)
+        if due is not None:
+            down.arm_try(self, due)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -228,10 +229,18 @@ class Attempts(Relay):
                 self.up = None
             raise
         finally:
-            if self.attempt_timer is not None:
-                self.attempt_timer.cancel()
-                self.attempt_timer = None
+            down.disarm_try(self)
             self.attempt = None
+
+    def on_try_timeout(self) -> None:
+        fut = self.attempt
+        if fut is not None:
+            self._on_timeout(fut)
+        elif self.fast:
+            self._on_fast_timeout()
+
+    def _on_fast_timeout(self) -> None:
+        """The fast path's try took too long (Exchange)."""
 
     def _on_timeout(self, fut: asyncio.Future[Outcome]) -> None:
         if fut.done():

@@ -82,7 +82,7 @@ class Exchange(Attempts):
                 and not tracing.TRACER.enabled):
             self._start_fast()
             return
-        self.task = asyncio.get_running_loop().create_task(self.run())
+        self.task = self.down.loop.create_task(self.run())
 
     async def run(self, routed: Routed | None = None, plan: Plan | None = None,
                   first: First | None = None) -> None:
@@ -301,22 +301,19 @@ class Exchange(Attempts):
         runtime.start(endpoint.address)
         self.fast = True
         self._send_request(conn, with_deadline(plan.up_head, deadline, plan.grpc, now))
-        limit = self._try_timeout(deadline)
-        if limit is not None and self.fast:
-            self.attempt_timer = asyncio.get_running_loop().call_later(
-                max(limit, 0.0), self._on_fast_timeout)
+        due = self._try_due(deadline)
+        if due is not None and self.fast:
+            self.down.arm_try(self, due)
 
     def _hand_over(self, routed: Routed | None, plan: Plan | None = None,
                    first: First | None = None) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.run(routed, plan, first))
+        self.task = self.down.loop.create_task(self.run(routed, plan, first))
 
     def _fast_settled(self, outcome: Outcome) -> None:
         if not self.fast:
             return
         self.fast = False
-        if self.attempt_timer is not None:
-            self.attempt_timer.cancel()
-            self.attempt_timer = None
+        self.down.disarm_try(self)
         plan = self.plan
         assert plan is not None
         address = self.upstream_addr
@@ -333,7 +330,6 @@ class Exchange(Attempts):
         self._hand_over(None, plan, First(self.fast_endpoint, outcome))
 
     def _on_fast_timeout(self) -> None:
-        self.attempt_timer = None
         conn = self.up
         self.up = None
         if conn is not None:
@@ -345,9 +341,7 @@ class Exchange(Attempts):
     def _fast_cancelled(self) -> None:
         """The client left while the fast path's try was in flight."""
         self.fast = False
-        if self.attempt_timer is not None:
-            self.attempt_timer.cancel()
-            self.attempt_timer = None
+        self.down.disarm_try(self)
         conn = self.up
         self.up = None
         if conn is not None:
@@ -360,9 +354,7 @@ class Exchange(Attempts):
     def _fast_abandon(self) -> None:
         trying = self.fast
         self.fast = False
-        if self.attempt_timer is not None:
-            self.attempt_timer.cancel()
-            self.attempt_timer = None
+        self.down.disarm_try(self)
         if trying and self.plan is not None:
             self._end_try(self.plan.runtime, self.upstream_addr, None, stale=False)
         if not self.committed:

@@ -50,6 +50,7 @@ class Downstream(Protocol):
     peer_ip: str
     peer_identity: str | None
     port: int
+    loop: asyncio.AbstractEventLoop
 
     def send(self, data: bytes) -> None: ...
     def flush(self) -> None: ...
@@ -58,6 +59,8 @@ class Downstream(Protocol):
     def pause_upstream_reads(self) -> bool: ...
     def exchange_done(self, exchange: Relay, keep_alive: bool) -> None: ...
     def abort(self) -> None: ...
+    def arm_try(self, owner: Relay, due: float) -> None: ...
+    def disarm_try(self, owner: Relay) -> None: ...
 
 
 class Outcome(enum.Enum):
@@ -71,7 +74,6 @@ class Outcome(enum.Enum):
 class Relay:
     __slots__ = (
         "attempt",
-        "attempt_timer",
         "authority",
         "bytes_in",
         "bytes_out",
@@ -135,7 +137,6 @@ class Relay:
         self.req_keep_alive = head.keep_alive
         self.up: UpstreamConnection | None = None
         self.attempt: asyncio.Future[Outcome] | None = None
-        self.attempt_timer: asyncio.TimerHandle | None = None
         self.committed = False
         self.resp_done = False
         self.resp_extra: Headers | None = None  # added to the response (Set-Cookie of hashing)
@@ -171,7 +172,7 @@ class Relay:
 
     def start(self) -> None:
         self.launched = True
-        self.task = asyncio.get_running_loop().create_task(self.run())
+        self.task = self.down.loop.create_task(self.run())
 
     def feed_body(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -255,6 +256,9 @@ class Relay:
 
     def _fast_cancelled(self) -> None:
         """The client left during a fast-path attempt (Exchange)."""
+
+    def on_try_timeout(self) -> None:
+        """The try in flight took too long (Attempts; armed with `down.arm_try`)."""
 
     def on_response_head(self, head: ResponseHead) -> None:
         status = head.status
@@ -372,9 +376,7 @@ class Relay:
             self.on_upstream_lost()
             return
         self.tunneling = True
-        if self.attempt_timer is not None:
-            self.attempt_timer.cancel()
-            self.attempt_timer = None
+        self.down.disarm_try(self)  # a tunnel has no try timeout
         if rest:
             self.down.send(rest)
         if self.up is not None:
