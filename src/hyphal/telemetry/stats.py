@@ -6,7 +6,7 @@ text is built only on scrape (`render`).
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +55,7 @@ def _escape(value: str) -> str:
 
 
 def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
-    return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values))
+    return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
 
 
 class Stats:
@@ -86,7 +86,7 @@ class Stats:
             series = self._series[key] = [0, 0.0] + [0] * (len(DURATION_BUCKETS_MS) + 1)
         series[0] += 1
         series[1] += duration_ms
-        series[2 + bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+        series[2 + bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
 
     def gauge_add(self, name: str, cluster: str, delta: int) -> None:
         """e.g. `hyphal_upstream_cx_active` per cluster."""
@@ -107,7 +107,8 @@ class Stats:
 
     def requests_total(self, code: int | None = None, reporter: str | None = None) -> int:
         return sum(v[0] for (peer, c, _, _), v in self._series.items()
-                   if (code is None or c == code) and (reporter is None or peer.reporter == reporter))
+                   if (code is None or c == code)
+                   and (reporter is None or peer.reporter == reporter))
 
     def gauge(self, name: str, cluster: str) -> int:
         return self._gauges.get((name, cluster), 0)
@@ -120,18 +121,20 @@ class Stats:
         out: list[str] = [
             "# TYPE istio_requests_total counter",
         ]
-        names = LABEL_NAMES + ("response_code", "response_flags", "grpc_response_status")
+        names = (*LABEL_NAMES, "response_code", "response_flags", "grpc_response_status")
         series = sorted(self._series.items(), key=_sort_key)
         for (peer, code, flags, grpc), values in series:
-            out.append(f"istio_requests_total{{{_labels(names, peer.values() + (str(code), flags, grpc))}}} {values[0]}")
+            text = _labels(names, (*peer.values(), str(code), flags, grpc))
+            out.append(f"istio_requests_total{{{text}}} {values[0]}")
         out.append("# TYPE istio_request_duration_milliseconds histogram")
         for (peer, code, flags, grpc), values in series:
-            base = _labels(names, peer.values() + (str(code), flags, grpc))
-            counts = values[2:]
+            base = _labels(names, (*peer.values(), str(code), flags, grpc))
+            counts = values[2:]  # one per bound, then the +Inf bucket
             running = 0
-            for bound, count in zip(DURATION_BUCKETS_MS, counts):
+            for bound, count in zip(DURATION_BUCKETS_MS, counts, strict=False):
                 running += count
-                out.append(f'istio_request_duration_milliseconds_bucket{{{base},le="{bound:g}"}} {running}')
+                out.append(f'istio_request_duration_milliseconds_bucket{{{base},le="{bound:g}"}}'
+                           f' {running}')
             running += counts[-1]
             out.append(f'istio_request_duration_milliseconds_bucket{{{base},le="+Inf"}} {running}')
             out.append(f"istio_request_duration_milliseconds_sum{{{base}}} {values[1]:.3f}")
@@ -157,6 +160,7 @@ class Stats:
         return "\n".join(out) + "\n"
 
 
-def _sort_key(item: tuple[tuple[PeerLabels, int, str, str], object]) -> tuple[tuple[str, ...], int, str, str]:
+def _sort_key(item: tuple[tuple[PeerLabels, int, str, str], object]
+              ) -> tuple[tuple[str, ...], int, str, str]:
     (peer, code, flags, grpc), _ = item
     return (peer.values(), code, flags, grpc)

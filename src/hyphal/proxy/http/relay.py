@@ -35,7 +35,6 @@ from hyphal.proxy.runtime.tables import (
 )
 from hyphal.proxy.upstream.cluster import ClusterRuntime
 from hyphal.proxy.upstream.pool import UpstreamConnection
-from hyphal.telemetry.accesslog import http_line
 
 log = logging.getLogger(__name__)
 
@@ -458,16 +457,13 @@ class Relay:
         ctx.stats.record_request(labels, self.status, self.reason, duration_ms)
         if ctx.access_log.enabled:
             head = self.head
-            ctx.access_log.append(http_line(
-                self.started_wall, self.request_id.decode("latin-1") or "-",
-                head.method.decode("latin-1"),
+            ctx.access_log.http(
+                self.started_wall, self.request_id, head.method,
                 self.authority or (head.host or b"-").decode("latin-1"),
-                self.path or head.target.decode("latin-1", "replace"),
-                "HTTP/1.1" if head.version == b"1.1" else f"HTTP/{head.version.decode()}",
-                self.down.peer_ip, self.down.peer_identity or "-", ctx.spec.name,
-                self.route_name, self.cluster_name, self.upstream_addr, self.status,
-                self.reason, self.bytes_in, self.bytes_out, duration_ms,
-                self.upstream_time_ms if self.upstream_time_ms >= 0 else None))
+                self.path or head.target.decode("latin-1", "replace"), head.version,
+                self.down.peer_ip, self.down.peer_identity, ctx.spec.name, self.route_name,
+                self.cluster_name, self.upstream_addr, self.status, self.reason,
+                self.bytes_in, self.bytes_out, duration_ms, self.upstream_time_ms)
         self.ended = True
         if not self.req_done:
             self.close_after = True  # the rest of the request body has nowhere to go
