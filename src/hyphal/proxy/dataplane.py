@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import logging
 import random
+from typing import TYPE_CHECKING
 
-from hyphal.proxy.h2.bridge import H2Bridge
-from hyphal.proxy.h2.upstream import H2Pool
 from hyphal.proxy.http.codec import Limits
 from hyphal.proxy.http.context import ListenerContext, Timeouts
 from hyphal.proxy.listeners import Listener, ListenerBindError, bind, needs_rebind
@@ -19,6 +18,9 @@ from hyphal.proxy.upstream.cluster import ClusterManager
 from hyphal.proxy.upstream.pool import ConnectionPool
 from hyphal.telemetry.accesslog import AccessLog
 from hyphal.telemetry.stats import Stats
+
+if TYPE_CHECKING:
+    from hyphal.proxy.h2.upstream import H2Pool
 
 __all__ = ["DataPlane", "ListenerBindError"]
 
@@ -32,6 +34,10 @@ class DataPlane:
     raises ListenerBindError and changes nothing), then the holder is swapped (requests
     already running keep the snapshot they started with), then removed listeners stop
     accepting and their connections drain.
+
+    The HTTP/2 upstream side (`H2Pool`, and `H2Bridge` for HTTP/1.1 requests to HTTP/2
+    clusters) is built, and the h2 libraries imported, by the first config with an HTTP/2
+    cluster: an HTTP/1.1-only sidecar does not carry them (~1.7 MB RSS).
     """
 
     def __init__(self, holder: ConfigHolder, tls: TlsMaterial | None, access_log: AccessLog,
@@ -44,8 +50,7 @@ class DataPlane:
         self.limits = limits or Limits()
         self.timeouts = timeouts or Timeouts()
         self.pool = ConnectionPool(tls, stats)
-        self.h2_pool = H2Pool(tls, stats)
-        self.pool.h2 = H2Bridge(self.h2_pool)  # HTTP/1.1 requests to HTTP/2 clusters
+        self.h2_pool: H2Pool | None = None  # see _load_h2
         self.clusters = ClusterManager(self.pool)
         self._listeners: dict[str, Listener] = {}
         self._retired: list[Listener] = []
@@ -62,6 +67,8 @@ class DataPlane:
 
     async def apply(self, config: ProxyConfig) -> None:
         async with self._lock:
+            if self.h2_pool is None and any(c.http2 for c in config.clusters.values()):
+                self._load_h2()
             wanted = {spec.name: spec for spec in config.listeners}
             fresh: dict[str, Listener] = {}
             replaced: list[Listener] = []
@@ -101,6 +108,15 @@ class DataPlane:
                     listener.stop_sweeper()
             self._retired = [lst for lst in self._retired if lst.ctx.connections]
 
+    def _load_h2(self) -> None:
+        from hyphal.proxy.h2.bridge import H2Bridge
+        from hyphal.proxy.h2.upstream import H2Pool
+
+        self.h2_pool = H2Pool(self.tls, self.stats)
+        self.pool.h2 = H2Bridge(self.h2_pool)  # HTTP/1.1 requests to HTTP/2 clusters
+        for listener in (*self._listeners.values(), *self._retired):
+            listener.ctx.h2_pool = self.h2_pool
+
     def _context(self, spec: ListenerSpec) -> ListenerContext:
         return ListenerContext(spec=spec, holder=self.holder, clusters=self.clusters,
                                pool=self.pool, tls=self.tls, stats=self.stats,
@@ -128,7 +144,8 @@ class DataPlane:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.server.wait_closed(), 1.0)
         self.pool.close_all()
-        self.h2_pool.close_all()
+        if self.h2_pool is not None:
+            self.h2_pool.close_all()
         self._listeners.clear()
         self._retired.clear()
         self.access_log.flush()

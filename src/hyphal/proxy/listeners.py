@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import cast
 
 from hyphal.proxy import capture
-from hyphal.proxy.h2.detect import Sniffer, http_factory
-from hyphal.proxy.h2.server import H2Downstream
+from hyphal.proxy.h2.detect import http_factory
 from hyphal.proxy.http.context import ListenerContext
-from hyphal.proxy.http.server import HttpDownstream, http1_factory
+from hyphal.proxy.http.server import http1_factory
 from hyphal.proxy.runtime.tables import ListenerSpec
 from hyphal.proxy.tcp import TcpDownstream
 from hyphal.proxy.transport import inspector
@@ -44,8 +43,11 @@ class Listener:
         def sweep() -> None:
             now = time.monotonic()
             for conn in list(self.ctx.connections):
-                if isinstance(conn, HttpDownstream | H2Downstream | Sniffer):
-                    conn.check_timers(now)
+                # HTTP/1.1, HTTP/2 and still-sniffing connections have deadlines, TCP not.
+                # (Duck-typed: H2Downstream is imported only once a connection speaks h2.)
+                check = getattr(conn, "check_timers", None)
+                if check is not None:
+                    check(now)
             self.sweeper = loop.call_later(tick, sweep)
 
         self.sweeper = loop.call_later(tick, sweep)
@@ -66,8 +68,9 @@ class Listener:
     def drain(self) -> None:
         self.ctx.draining = True
         for conn in list(self.ctx.connections):
-            if isinstance(conn, HttpDownstream | TcpDownstream | H2Downstream | Sniffer):
-                conn.drain()
+            drain = getattr(conn, "drain", None)  # every kind of downstream connection
+            if drain is not None:
+                drain()
 
     def abort_all(self) -> None:
         for conn in list(self.ctx.connections):

@@ -16,8 +16,6 @@ import atexit
 import json
 import logging
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -91,6 +89,8 @@ def file_export(path: str) -> Export:
 
 def http_export(base_url: str, timeout_s: float = 2.0) -> Export:
     """POST to `<base_url>/v1/traces` (an OTLP/HTTP collector, Jaeger's 4318 port)."""
+    import urllib.request  # here: a sidecar exporting no spans over HTTP does not load it (~1 MB)
+
     url = base_url.rstrip("/")
     if not url.endswith("/v1/traces"):
         url += "/v1/traces"
@@ -169,7 +169,7 @@ class SpanBatcher:
             try:
                 export(body)
                 self.exported += count
-            except (OSError, urllib.error.URLError, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # urllib's URLError is an OSError
                 self.failed += count
                 log.warning("span export failed (%d spans): %s", count, exc)
 

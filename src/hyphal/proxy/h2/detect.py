@@ -8,6 +8,10 @@ tunnel is sniffed again as a connection to that authority; anything else is HTTP
 to `HttpDownstream` with the bytes read so far. After the hand-off the transport talks to the
 chosen protocol directly, so the HTTP/1.1 hot path pays once per connection, not per request.
 On TLS listeners `AlpnDispatch` does the same from the negotiated ALPN protocol.
+
+The HTTP/2 side (`hyphal.proxy.h2.server` and the h2/hpack/hyperframe libraries, ~1.7 MB RSS)
+is imported by the first connection that needs it, unless the data plane loaded it already
+for a config with HTTP/2 clusters (`DataPlane.apply`): an HTTP/1.1-only sidecar never does.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Final, cast
 
-from hyphal.proxy.h2.server import H2Downstream
 from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.headers import local_response
 from hyphal.proxy.runtime.tables import ListenerKind
@@ -83,6 +86,8 @@ class Sniffer(asyncio.Protocol):
         if kind == "more":
             return
         if kind == "h2":
+            from hyphal.proxy.h2.server import H2Downstream  # once per connection, see top
+
             self._hand_off(H2Downstream(self.ctx, self.authority))
         elif kind == "http1":
             self._hand_off(self.http1())
@@ -154,7 +159,13 @@ class AlpnDispatch(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-        proto = H2Downstream(self.ctx) if alpn == "h2" else self.http1()
+        proto: asyncio.Protocol
+        if alpn == "h2":
+            from hyphal.proxy.h2.server import H2Downstream  # once per connection, see top
+
+            proto = H2Downstream(self.ctx)
+        else:
+            proto = self.http1()
         transport.set_protocol(proto)
         proto.connection_made(transport)
 
