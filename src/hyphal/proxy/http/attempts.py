@@ -14,9 +14,8 @@ import time
 from dataclasses import replace
 
 from hyphal.proxy.http.codec import RequestHead, ResponseHead
-from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.headers import LAST_CHUNK, encode_chunk
-from hyphal.proxy.http.relay import Downstream, Outcome, Relay
+from hyphal.proxy.http.relay import Outcome, Relay
 from hyphal.proxy.http.request import redirect_location, upstream_request_head
 from hyphal.proxy.resilience.backoff import Backoff, FailureKind
 from hyphal.proxy.router import Target
@@ -37,16 +36,7 @@ from hyphal.proxy.upstream.pool import UpstreamConnection
 class Attempts(Relay):
     """Per-try machinery of an exchange (see the module docstring)."""
 
-    __slots__ = ("admitted", "deadline", "retry_after_s", "retry_held", "retry_refused")
-
-    def __init__(self, down: Downstream, ctx: ListenerContext, head: RequestHead,
-                 config: ProxyConfig) -> None:
-        super().__init__(down, ctx, head, config)
-        self.deadline: float | None = None  # monotonic; route timeout and caller's budget
-        self.retry_after_s: float | None = None
-        self.retry_held = False  # a breaker max_retries unit is held by the current try
-        self.retry_refused = ""  # why a wanted retry did not happen (budget, breaker)
-        self.admitted = False  # holds a cluster admission (breaker max_requests)
+    __slots__ = ()  # its state is in Relay
 
     def _release_admission(self) -> None:
         if self.admitted:
@@ -83,12 +73,13 @@ class Attempts(Relay):
             runtime.breaker.release_pending()
 
     def _end_try(self, runtime: ClusterRuntime, address: str, outcome: Outcome | None,
-                 stale: bool) -> None:
+                 stale: bool, now: float | None = None) -> None:
         """Account for one finished try: in-flight counts, outlier detection, latency."""
         if self.retry_held:
             self.retry_held = False
             runtime.release_retry()
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         result: int | FailureKind | None
         if outcome is Outcome.DONE or outcome is Outcome.RETRY:
             result = self.status
@@ -178,8 +169,10 @@ class Attempts(Relay):
             timeout = None if deadline is None else max(deadline - self.started, 0.001)
             ctx.clusters.mirrors.send(ctx.clusters.runtime(spec), head, body, timeout)
 
-    def _send_request(self, conn: UpstreamConnection, up_head: bytes) -> None:
-        """Bind the exchange to `conn` and write the head and the body so far, at once."""
+    def _send_request(self, conn: UpstreamConnection, up_head: bytes,
+                      now: float | None = None) -> None:
+        """Bind the exchange to `conn` and write the head and the body so far, at once.
+        `now`: the caller's monotonic time, when it has just read it."""
         self.up = conn
         self.skip_informational = False
         conn.begin(self, self.head.method == b"HEAD")
@@ -197,11 +190,8 @@ class Attempts(Relay):
                 self.chunk_bytes = 0
         else:
             conn.write(up_head)
-        down = self.down
-        down.resume_reading("buffer")
-        if down.pause_upstream_reads() and conn.transport is not None:
-            conn.transport.pause_reading()
-        self.upstream_started = time.monotonic()
+        self.down.upstream_bound(conn)
+        self.upstream_started = time.monotonic() if now is None else now
 
     def _try_due(self, deadline: float | None) -> float | None:
         """Monotonic time by which the try just sent must end (per-try timeout and the

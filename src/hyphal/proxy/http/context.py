@@ -45,6 +45,14 @@ class ListenerContext:
     _labels: dict[tuple[str, str, str | None], PeerLabels] = field(default_factory=dict)
     draining: bool = False
     h2_pool: H2Pool | None = None  # multiplexed HTTP/2 upstreams (hyphal.proxy.h2)
+    # Read per request; fixed for the context's life: a `spec` replaced in place has the
+    # same kind and TLS (`listeners.needs_rebind`: another kind or TLS is a new context).
+    inbound: bool = field(init=False)
+    downstream_tls: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inbound = self.spec.is_inbound
+        self.downstream_tls = self.spec.tls is not None
 
     def labels(self, config: ProxyConfig, cluster: ClusterSpec | None,
                peer: str | None) -> PeerLabels:
@@ -55,7 +63,7 @@ class ListenerContext:
             return found
         if len(self._labels) > 4096:
             self._labels.clear()
-        if self.spec.is_inbound:
+        if self.inbound:
             ns = _namespace_of(peer)
             found = PeerLabels(
                 reporter="destination", source_principal=peer or "unknown",
@@ -65,7 +73,7 @@ class ListenerContext:
                 destination_principal=config.identity or "unknown",
                 destination_service=(cluster.service or cluster.name) if cluster else "unknown",
                 destination_cluster=cluster.name if cluster else "unknown",
-                connection_security_policy="mutual_tls" if self.spec.tls else "none",
+                connection_security_policy="mutual_tls" if self.downstream_tls else "none",
             )
         else:
             found = PeerLabels(

@@ -30,10 +30,8 @@ from dataclasses import replace
 from hyphal.proxy.filters.chain import ANSWERED, run_request_filters
 from hyphal.proxy.filters.fault import decide as decide_fault
 from hyphal.proxy.http.attempts import Attempts
-from hyphal.proxy.http.codec import RequestHead
-from hyphal.proxy.http.context import ListenerContext
 from hyphal.proxy.http.headers import header_map
-from hyphal.proxy.http.plan import First, Plan, Routed, rbac_needs_headers
+from hyphal.proxy.http.plan import First, rbac_needs_headers
 from hyphal.proxy.http.relay import CONTINUE, Downstream, Outcome
 from hyphal.proxy.http.request import upstream_request_head
 from hyphal.proxy.pathnorm import normalized
@@ -42,9 +40,7 @@ from hyphal.proxy.router import parse_target, select_route
 from hyphal.proxy.runtime.tables import (
     ClusterAction,
     DirectResponse,
-    EndpointSpec,
     LbPolicy,
-    ProxyConfig,
     RedirectAction,
 )
 from hyphal.proxy.upstream.policy import (
@@ -56,36 +52,51 @@ from hyphal.proxy.upstream.policy import (
 from hyphal.proxy.upstream.pool import ConnectFailure
 from hyphal.telemetry import tracing
 
-__all__ = ["Downstream", "Exchange", "Plan"]
+__all__ = ["Downstream", "Exchange"]
 
 log = logging.getLogger(__name__)
 
 _HASHING = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})
 _NOTHING: frozenset[str] = frozenset()
 
+# Where `run()` starts: from the top, after `_route` (fault next), or after `_plan` (tries).
+_FROM_START, _ROUTED, _PLANNED = range(3)
+
+
 class Exchange(Attempts):
     """One request/response exchange: `start()` takes the fast path or starts `run()`."""
 
-    __slots__ = ("fast_endpoint", "plan", "span")
-
-    def __init__(self, down: Downstream, ctx: ListenerContext, head: RequestHead,
-                 config: ProxyConfig) -> None:
-        super().__init__(down, ctx, head, config)
-        self.span: tracing.ActiveSpan | None = None  # set only for sampled requests
-        self.plan: Plan | None = None
-        self.fast_endpoint: EndpointSpec | None = None  # the fast path's try went there
+    __slots__ = ()  # its state is in Relay
 
     # ---------------------------------------------------------------- entry points
     def start(self) -> None:
         self.launched = True
-        if (self.req_done and not self.malformed and not self.close_after
-                and not tracing.TRACER.enabled):
-            self._start_fast()
+        if (not self.req_done or self.malformed or self.close_after
+                or tracing.TRACER.enabled):
+            self.task = self.down.loop.create_task(self.run())
             return
-        self.task = self.down.loop.create_task(self.run())
+        # The fast path (the hot path: inlined here rather than layered): the request is
+        # whole, so decide and write upstream now, in the caller's callback.
+        self.running = True
+        try:
+            if not self._route():
+                self._finish()
+                return
+            route = self.route
+            assert route is not None
+            if (route.fault is not None or route.mirrors) and not self.ctx.inbound:
+                self._hand_over(_ROUTED)
+                return
+            now = time.monotonic()
+            if not self._plan(now):
+                self._finish()
+                return
+            self._fast_attempt(now)
+        except Exception:  # as in run(): a bug costs this request only
+            log.exception("exchange failed: %s %s", self.head.method, self.head.target)
+            self._fast_abandon()
 
-    async def run(self, routed: Routed | None = None, plan: Plan | None = None,
-                  first: First | None = None) -> None:
+    async def run(self, stage: int = _FROM_START, first: First | None = None) -> None:
         self.running = True
         try:
             if self.malformed:
@@ -93,7 +104,7 @@ class Exchange(Attempts):
                 return
             if self.close_after:
                 return  # the client went away before we started
-            await self._run(routed, plan, first)
+            await self._run(stage, first)
         except asyncio.CancelledError:
             if self.malformed and not self.committed:
                 self._local(400, "bad_request")
@@ -119,62 +130,62 @@ class Exchange(Attempts):
                 ("http.request_id", self.request_id.decode("latin-1")),
             ))
 
-    async def _run(self, routed: Routed | None, plan: Plan | None,
-                   first: First | None) -> None:
-        if plan is None:
-            if routed is None:
-                if tracing.TRACER.enabled:
-                    self.span = tracing.TRACER.begin(self.head.headers, self.ctx.spec.is_inbound,
-                                                     self.started_wall)
-                routed = self._route()
-                if routed is None:
-                    return
-            route = routed[2]
-            if route.fault is not None and not self.ctx.spec.is_inbound:
-                fault = decide_fault(route.fault, self.ctx.rng)
+    async def _run(self, stage: int, first: First | None) -> None:
+        inbound = self.ctx.inbound
+        if stage == _FROM_START:
+            if tracing.TRACER.enabled:
+                self.span = tracing.TRACER.begin(self.head.headers, inbound, self.started_wall)
+            if not self._route():
+                return
+        if stage != _PLANNED:
+            assert self.route is not None
+            fault_spec = self.route.fault
+            if fault_spec is not None and not inbound:
+                fault = decide_fault(fault_spec, self.ctx.rng)
                 if fault.delay_s is not None:
                     await asyncio.sleep(fault.delay_s)
                 if fault.abort_status is not None:
                     self._local(fault.abort_status, "fault_injected")
                     return
-            plan = self._plan(routed)
-            if plan is None:
+            if not self._plan(time.monotonic()):
                 return
-        route = plan.route
+        route, vhost, target = self.route, self.vhost, self.target
+        assert route is not None and vhost is not None and target is not None
         try:
-            await self._forward(plan, first)
+            await self._forward(first)
         finally:
-            if route.mirrors and not self.ctx.spec.is_inbound:
-                self._mirror(route, plan.vhost, plan.up_source, plan.target, self.config,
-                             plan.deadline)
+            if route.mirrors and not inbound:
+                self._mirror(route, vhost, self.up_source, target, self.config, self.deadline)
             self._release_admission()
 
     # ---------------------------------------------------------------- decisions (both paths)
-    def _route(self) -> Routed | None:
-        """Target, virtual host and route, RBAC, direct responses and redirects. None when
+    def _route(self) -> bool:
+        """Target, virtual host and route, RBAC, direct responses and redirects. False when
         the exchange was answered here."""
         head = self.head
         ctx = self.ctx
+        spec = ctx.spec
         target = parse_target(head.target, head.host)
-        if target is not None and ctx.spec.is_inbound:
+        if target is not None and ctx.inbound:
             target = normalized(target)  # what RBAC, routes and the app see (pathnorm)
         if target is None:
             self._local(400, "bad_request_target")
-            return None
+            return False
         method = head.method.decode("latin-1")
+        self.target = target
         self.authority = target.authority
         self.path = target.origin
-        table = self.config.route_table_for(ctx.spec)
+        table = self.config.route_table_for(spec)
         if table is None:
             self._local(404, "no_route")
-            return None
+            return False
         auth = None  # inbound request filters (jwt_authn, local_ratelimit) run before RBAC
-        if ctx.spec.request_filters:
-            auth = run_request_filters(self, ctx.spec.request_filters, target.query)
+        if spec.request_filters:
+            auth = run_request_filters(self, spec.request_filters, target.query)
             if auth is ANSWERED:
-                return None
+                return False
             head = self.head
-        rbac = ctx.spec.rbac
+        rbac = spec.rbac
         headers = None
         if table.needs_headers or (rbac is not None and rbac_needs_headers(rbac)):
             headers = header_map(head.headers)
@@ -184,150 +195,132 @@ class Exchange(Attempts):
         vhost, route = select_route(table, target, method, headers)
         if route is None or vhost is None:
             self._local(404, "no_route")
-            return None
+            return False
         self.route = route
         self.vhost = vhost
         self.route_name = route.name
         if rbac is not None:
-            allowed, _policy = rbac.allowed(self.down.peer_identity, method, target.path,
-                                            self.down.port, headers or {}, auth)
+            down = self.down
+            allowed, _policy = rbac.allowed(down.peer_identity, method, target.path,
+                                            down.port, headers or {}, auth)
             if not allowed:
                 self._local(403, "rbac_denied")
-                return None
+                return False
         action = route.action
+        if action.__class__ is ClusterAction:
+            return True
         if isinstance(action, DirectResponse):
             self._local(action.status, "direct_response", body=action.body)
-            return None
+            return False
         if isinstance(action, RedirectAction):
             self._redirect(action, target)
-            return None
-        return target, vhost, route
+            return False
+        return True
 
-    def _plan(self, routed: Routed) -> Plan | None:
-        """Cluster (by weight), the caller's deadline, admission, the upstream head. None
+    def _plan(self, now: float) -> bool:
+        """Cluster (by weight), the caller's deadline, admission, the upstream head. False
         when the exchange was answered here; otherwise an admission is held
         (`_release_admission` gives it back)."""
-        target, vhost, route = routed
         head = self.head
         ctx = self.ctx
-        config = self.config
+        route, vhost, target = self.route, self.vhost, self.target
+        assert route is not None and vhost is not None and target is not None
         action = route.action
         assert isinstance(action, ClusterAction)
+        clusters = action.clusters
         picked = action.pick(ctx.rng.randrange(action.total)) if len(
-            action.clusters) > 1 else action.clusters[0]
-        spec = config.clusters.get(picked.name)
+            clusters) > 1 else clusters[0]
+        spec = self.config.clusters.get(picked.name)
         self.cluster_name = picked.name
         if spec is None:
             self._local(503, "cluster_not_found")
-            return None
+            return False
         self.spec = spec
         budget = caller_budget(head.headers)
-        now = time.monotonic()
-        if budget.remaining_s is not None and budget.remaining_s <= 0:
+        remaining = budget.remaining_s
+        if remaining is not None and remaining <= 0:
             self._local(504, "deadline_exceeded")  # the caller has already given up
-            return None
+            return False
         runtime = ctx.clusters.runtime(spec)
         self.runtime = runtime
         refusal = runtime.admit(now)
         if refusal is not None:
             self._local(503, refusal)
-            return None
+            return False
         self.admitted = True
         try:
             up_source = head if budget.headers is None else replace(head, headers=budget.headers)
             if self.span is not None:  # sampled: the next hop's parent is this span
                 up_source = replace(up_source, headers=self.span.inject(up_source.headers))
-            self.request_id, up_head = upstream_request_head(
-                up_source, target, vhost, route, picked, peer_ip=self.down.peer_ip,
-                peer_identity=self.down.peer_identity, own_identity=config.identity,
-                inbound=ctx.spec.is_inbound, downstream_tls=ctx.spec.tls is not None)
+            down = self.down
+            self.request_id, self.up_head = upstream_request_head(
+                up_source, target, vhost, route, picked, peer_ip=down.peer_ip,
+                peer_identity=down.peer_identity, own_identity=self.config.identity,
+                inbound=ctx.inbound, downstream_tls=ctx.downstream_tls)
         except Exception:
             self._release_admission()
             raise
+        self.up_source = up_source
         if head.expect_continue and not self.req_done:
             self.down.send(CONTINUE)
             self.down.flush()
-        deadline = effective_deadline(self.started, route.timeout_s, budget.remaining_s)
-        self.deadline = deadline
-        return Plan(target, vhost, route, spec, runtime, up_head, up_source, deadline,
-                    budget.grpc)
+        self.deadline = effective_deadline(self.started, route.timeout_s, remaining)
+        self.grpc = budget.grpc
+        return True
 
     # ---------------------------------------------------------------- fast path
-    def _start_fast(self) -> None:
-        """The request is whole: decide and write upstream now, in the caller's callback."""
-        self.running = True
-        try:
-            routed = self._route()
-            if routed is None:
-                self._finish()
-                return
-            route = routed[2]
-            if (route.fault is not None or route.mirrors) and not self.ctx.spec.is_inbound:
-                self._hand_over(routed)
-                return
-            plan = self._plan(routed)
-            if plan is None:
-                self._finish()
-                return
-            self._fast_attempt(plan)
-        except Exception:  # as in run(): a bug costs this request only
-            log.exception("exchange failed: %s %s", self.head.method, self.head.target)
-            self._fast_abandon()
-
-    def _fast_attempt(self, plan: Plan) -> None:
+    def _fast_attempt(self, now: float) -> None:
         """Try a pooled idle connection now; anything else goes to the general path."""
-        self.plan = plan
-        spec = plan.spec
-        route = plan.route
+        spec, route, runtime = self.spec, self.route, self.runtime
+        assert spec is not None and route is not None and runtime is not None
         if route.hash_policy and spec.lb in _HASHING:
-            self._hand_over(None, plan)
+            self._hand_over(_PLANNED)
             return
-        runtime = plan.runtime
-        now = time.monotonic()
-        deadline = plan.deadline
+        deadline = self.deadline
         endpoint = runtime.pick(_NOTHING, None, now)
         if endpoint is None or (deadline is not None and deadline <= now):
-            self._hand_over(None, plan)  # it answers no_healthy_upstream / timeout
+            self._hand_over(_PLANNED)  # it answers no_healthy_upstream / timeout
             return
-        conn = self.ctx.pool.idle_connection(endpoint, spec)
+        conn = self.ctx.pool.idle_connection(endpoint, spec, now)
         if conn is None:
-            self._hand_over(None, plan, First(endpoint, None))
+            self._hand_over(_PLANNED, First(endpoint, None))
             return
-        policy = route.retry or plan.vhost.retry
+        vhost = self.vhost
+        assert vhost is not None
+        policy = route.retry or vhost.retry
         self.policy = policy
         self.retries_left = policy.num_retries if policy else 0
-        self.upstream_addr = endpoint.address
+        address = endpoint.address
+        self.upstream_addr = address
         self.fast_endpoint = endpoint
-        runtime.start(endpoint.address)
+        runtime.start(address)
         self.fast = True
-        self._send_request(conn, with_deadline(plan.up_head, deadline, plan.grpc, now))
+        self._send_request(conn, with_deadline(self.up_head, deadline, self.grpc, now), now)
         due = self._try_due(deadline)
         if due is not None and self.fast:
             self.down.arm_try(self, due)
 
-    def _hand_over(self, routed: Routed | None, plan: Plan | None = None,
-                   first: First | None = None) -> None:
-        self.task = self.down.loop.create_task(self.run(routed, plan, first))
+    def _hand_over(self, stage: int, first: First | None = None) -> None:
+        self.task = self.down.loop.create_task(self.run(stage, first))
 
-    def _fast_settled(self, outcome: Outcome) -> None:
+    def _fast_settled(self, outcome: Outcome, now: float | None = None) -> None:
         if not self.fast:
             return
         self.fast = False
         self.down.disarm_try(self)
-        plan = self.plan
-        assert plan is not None
-        address = self.upstream_addr
+        runtime = self.runtime
+        assert runtime is not None
         # A pooled connection: a reset is a stale connection, not the endpoint's fault.
-        self._end_try(plan.runtime, address, outcome, stale=True)
+        self._end_try(runtime, self.upstream_addr, outcome, True, now)
         if outcome is Outcome.DONE or outcome is Outcome.BROKEN:
             if outcome is Outcome.BROKEN:
                 self.close_after = True
                 self.reason = "upstream_reset_after_response_started"
             self._release_admission()
-            self._finish()
+            self._finish(now)
             return
         assert self.fast_endpoint is not None
-        self._hand_over(None, plan, First(self.fast_endpoint, outcome))
+        self._hand_over(_PLANNED, First(self.fast_endpoint, outcome))
 
     def _on_fast_timeout(self) -> None:
         conn = self.up
@@ -346,8 +339,8 @@ class Exchange(Attempts):
         self.up = None
         if conn is not None:
             conn.abort()
-        if self.plan is not None:
-            self._end_try(self.plan.runtime, self.upstream_addr, None, stale=False)
+        if self.runtime is not None:
+            self._end_try(self.runtime, self.upstream_addr, None, False)
         self._release_admission()
         self._finish()
 
@@ -355,8 +348,8 @@ class Exchange(Attempts):
         trying = self.fast
         self.fast = False
         self.down.disarm_try(self)
-        if trying and self.plan is not None:
-            self._end_try(self.plan.runtime, self.upstream_addr, None, stale=False)
+        if trying and self.runtime is not None:
+            self._end_try(self.runtime, self.upstream_addr, None, False)
         if not self.committed:
             self._local(500, "internal_error")
         self.close_after = True
@@ -365,23 +358,27 @@ class Exchange(Attempts):
             self._finish()
 
     # ---------------------------------------------------------------- general path
-    async def _forward(self, plan: Plan, first: First | None) -> None:
+    async def _forward(self, first: First | None) -> None:
         """Tries until one commits a response: pick, connect (breakers), attempt, and on a
         retriable outcome back off and retry elsewhere while policy and budget allow.
         `first` resumes after the fast path (its try's outcome, or its picked endpoint)."""
-        runtime, spec, route, deadline = plan.runtime, plan.spec, plan.route, plan.deadline
+        runtime, spec, route, vhost, target = (self.runtime, self.spec, self.route, self.vhost,
+                                               self.target)
+        assert runtime is not None and spec is not None and route is not None
+        assert vhost is not None and target is not None
+        deadline = self.deadline
         resumed = first is not None and first.outcome is not None
         if resumed:
             policy = self.policy  # set by the fast path; retries_left already counts
         else:
-            policy = route.retry or plan.vhost.retry
+            policy = route.retry or vhost.retry
             self.policy = policy
             self.retries_left = policy.num_retries if policy else 0
             self.retry_after_s = None
         backoff = runtime.backoff(policy)
         hash_key: bytes | None = None
         if route.hash_policy and spec.lb in _HASHING:
-            key = request_hash_key(route.hash_policy, self.head.headers, plan.target.query,
+            key = request_hash_key(route.hash_policy, self.head.headers, target.query,
                                    self.down.peer_ip, self.ctx.rng)
             hash_key = key.key
             if key.set_cookie is not None:
@@ -440,7 +437,7 @@ class Exchange(Attempts):
                 attempt: Outcome | None = None
                 try:
                     attempt = await self._attempt_on(
-                        conn, with_deadline(plan.up_head, deadline, plan.grpc), route, deadline)
+                        conn, with_deadline(self.up_head, deadline, self.grpc), route, deadline)
                 finally:
                     self._end_try(runtime, endpoint.address, attempt,
                                   stale=reused and not stale_retry_used)

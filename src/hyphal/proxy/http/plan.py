@@ -1,11 +1,9 @@
-"""What the exchange decided for one request (Plan), where the general path resumes after the
-fast path (First), and whether an RBAC engine needs the request's header map."""
+"""Where the general path resumes after the fast path (First), and whether an RBAC engine needs
+the request's header map. (What `_route` and `_plan` decide is kept on the exchange itself.)"""
 
 from __future__ import annotations
 
-from hyphal.proxy.http.codec import RequestHead
 from hyphal.proxy.http.relay import Outcome
-from hyphal.proxy.router import Target
 from hyphal.proxy.runtime.rbac import (
     AndRule,
     AnyRule,
@@ -20,34 +18,9 @@ from hyphal.proxy.runtime.rbac import (
     RbacEngine,
     Rule,
 )
-from hyphal.proxy.runtime.tables import ClusterSpec, EndpointSpec, Route, VirtualHost
-from hyphal.proxy.upstream.cluster import ClusterRuntime
+from hyphal.proxy.runtime.tables import EndpointSpec
 
-__all__ = ["First", "Plan", "Routed", "rbac_needs_headers"]
-
-Routed = tuple[Target, VirtualHost, Route]
-
-
-class Plan:
-    """What `_plan` decided for one request: cluster, admission, upstream head, deadline.
-    Built once per request and never changed (a plain slotted class: cheaper than a
-    dataclass on this path)."""
-
-    __slots__ = ("deadline", "grpc", "route", "runtime", "spec", "target", "up_head",
-                 "up_source", "vhost")
-
-    def __init__(self, target: Target, vhost: VirtualHost, route: Route, spec: ClusterSpec,
-                 runtime: ClusterRuntime, up_head: bytes, up_source: RequestHead,
-                 deadline: float | None, grpc: bool) -> None:
-        self.target = target
-        self.vhost = vhost
-        self.route = route
-        self.spec = spec
-        self.runtime = runtime
-        self.up_head = up_head
-        self.up_source = up_source
-        self.deadline = deadline
-        self.grpc = grpc
+__all__ = ["First", "rbac_needs_headers"]
 
 
 class First:

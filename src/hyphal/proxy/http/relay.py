@@ -12,7 +12,7 @@ import asyncio
 import enum
 import logging
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hyphal.proxy.http.codec import RequestHead, ResponseHead
 from hyphal.proxy.http.context import ListenerContext
@@ -28,6 +28,7 @@ from hyphal.proxy.http.headers import (
 )
 from hyphal.proxy.runtime.tables import (
     ClusterSpec,
+    EndpointSpec,
     ProxyConfig,
     RetryPolicy,
     Route,
@@ -35,6 +36,10 @@ from hyphal.proxy.runtime.tables import (
 )
 from hyphal.proxy.upstream.cluster import ClusterRuntime
 from hyphal.proxy.upstream.pool import UpstreamConnection
+
+if TYPE_CHECKING:
+    from hyphal.proxy.router import Target
+    from hyphal.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +60,8 @@ class Downstream(Protocol):
     def flush(self) -> None: ...
     def pause_reading(self, reason: str) -> None: ...
     def resume_reading(self, reason: str) -> None: ...
-    def pause_upstream_reads(self) -> bool: ...
-    def exchange_done(self, exchange: Relay, keep_alive: bool) -> None: ...
+    def upstream_bound(self, conn: UpstreamConnection) -> None: ...
+    def exchange_done(self, exchange: Relay, keep_alive: bool, now: float = 0.0) -> None: ...
     def abort(self) -> None: ...
     def arm_try(self, owner: Relay, due: float) -> None: ...
     def disarm_try(self, owner: Relay) -> None: ...
@@ -71,7 +76,11 @@ class Outcome(enum.Enum):
 
 
 class Relay:
+    """All of an exchange's state (Attempts and Exchange add behaviour, no fields): one
+    `__init__` for the object the hot path builds per request, no `super()` chain."""
+
     __slots__ = (
+        "admitted",
         "attempt",
         "authority",
         "bytes_in",
@@ -83,9 +92,12 @@ class Relay:
         "committed",
         "config",
         "ctx",
+        "deadline",
         "down",
         "ended",
         "fast",
+        "fast_endpoint",
+        "grpc",
         "head",
         "launched",
         "malformed",
@@ -100,19 +112,26 @@ class Relay:
         "resp_extra",
         "resp_mode",
         "retries_left",
+        "retry_after_s",
+        "retry_held",
+        "retry_refused",
         "route",
         "route_name",
         "running",
         "runtime",
         "skip_informational",
+        "span",
         "spec",
         "started",
         "started_wall",
         "status",
+        "target",
         "task",
         "tunnel_pending",
         "tunneling",
         "up",
+        "up_head",
+        "up_source",
         "up_until_close",
         "upstream_addr",
         "upstream_started",
@@ -121,12 +140,12 @@ class Relay:
     )
 
     def __init__(self, down: Downstream, ctx: ListenerContext, head: RequestHead,
-                 config: ProxyConfig) -> None:
+                 config: ProxyConfig, now: float) -> None:
         self.down = down
         self.ctx = ctx
         self.head = head
         self.config = config  # pinned for the whole exchange
-        self.started = time.monotonic()
+        self.started = now  # monotonic, when the head was read
         self.started_wall = time.time()
         self.request_id = b""
         self.chunks: list[bytes] = []
@@ -149,18 +168,10 @@ class Relay:
         self.resp_mode = "length"
         self.up_until_close = False
         self.skip_informational = False
-        self.tunnel_pending: list[bytes] = []
+        self.tunnel_pending: list[bytes] | None = None  # client bytes before the upstream's 101
         self.tunneling = False
         self.close_after = False
         self.task: asyncio.Task[None] | None = None
-        self.route: Route | None = None
-        self.vhost: VirtualHost | None = None
-        self.policy: RetryPolicy | None = None
-        self.retries_left = 0
-        self.runtime: ClusterRuntime | None = None
-        self.spec: ClusterSpec | None = None
-        self.upstream_started = 0.0
-        self.upstream_time_ms = -1.0
         self.authority = ""
         self.path = ""
         self.ended = False
@@ -168,6 +179,27 @@ class Relay:
         self.running = False
         self.launched = False  # start() ran (a task or the fast path)
         self.fast = False  # an attempt driven by callbacks alone is in flight (no task)
+        # What `_route` and `_plan` decided (Exchange): both paths read them from here.
+        self.target: Target | None = None
+        self.route: Route | None = None
+        self.vhost: VirtualHost | None = None
+        self.spec: ClusterSpec | None = None
+        self.runtime: ClusterRuntime | None = None
+        self.up_head = b""  # the upstream request head, before the per-try deadline header
+        self.up_source = head  # the head it was built from (deadline headers dropped)
+        self.deadline: float | None = None  # monotonic; route timeout and caller's budget
+        self.grpc = False
+        self.admitted = False  # holds a cluster admission (breaker max_requests)
+        self.span: tracing.ActiveSpan | None = None  # set only for sampled requests
+        # Tries (Attempts).
+        self.policy: RetryPolicy | None = None
+        self.retries_left = 0
+        self.retry_after_s: float | None = None
+        self.retry_held = False  # a breaker max_retries unit is held by the current try
+        self.retry_refused = ""  # why a wanted retry did not happen (budget, breaker)
+        self.fast_endpoint: EndpointSpec | None = None  # the fast path's try went there
+        self.upstream_started = 0.0
+        self.upstream_time_ms = -1.0
 
     def start(self) -> None:
         self.launched = True
@@ -210,6 +242,8 @@ class Relay:
     def tunnel_data(self, data: bytes) -> None:
         if self.tunneling and self.up is not None:
             self.up.write(data)
+        elif self.tunnel_pending is None:
+            self.tunnel_pending = [data]
         else:
             self.tunnel_pending.append(data)
 
@@ -250,7 +284,7 @@ class Relay:
         elif self.fast:
             self._fast_settled(outcome)
 
-    def _fast_settled(self, outcome: Outcome) -> None:
+    def _fast_settled(self, outcome: Outcome, now: float | None = None) -> None:
         """The fast path's attempt ended (Exchange: finish, or hand over to a task)."""
 
     def _fast_cancelled(self) -> None:
@@ -363,11 +397,15 @@ class Relay:
         self.resp_done = True
         conn = self.up
         self.up = None
+        now = time.monotonic()
         if conn is not None:
             spec = self.spec
             self.ctx.pool.release(conn, keep_alive and self.req_done,
-                                  spec.max_requests_per_connection if spec else None)
-        self._settle(Outcome.DONE)
+                                  spec.max_requests_per_connection if spec else None, now)
+        if self.fast:
+            self._fast_settled(Outcome.DONE, now)  # the hot path ends here
+        else:
+            self._settle(Outcome.DONE)
 
     def on_upstream_upgrade(self, rest: bytes) -> None:
         if self.status != 101:
@@ -378,10 +416,10 @@ class Relay:
         self.down.disarm_try(self)  # a tunnel has no try timeout
         if rest:
             self.down.send(rest)
-        if self.up is not None:
+        if self.up is not None and self.tunnel_pending:
             for chunk in self.tunnel_pending:
                 self.up.write(chunk)
-        self.tunnel_pending.clear()
+        self.tunnel_pending = None
         self.close_after = True
 
     def on_tunnel_data(self, data: bytes) -> None:
@@ -441,7 +479,11 @@ class Relay:
         self.down.send(data)
         self.down.flush()
 
-    def _finish(self) -> None:
+    def _finish(self, now: float | None = None) -> None:
+        """Account for the exchange (stats, access log) and hand the connection back to the
+        server. `now`: the caller's monotonic time, when it has just read it."""
+        if now is None:
+            now = time.monotonic()
         conn = self.up
         self.up = None
         if conn is not None:
@@ -451,7 +493,7 @@ class Relay:
             if self.reason == "-":
                 self.reason = "downstream_disconnect"
         ctx = self.ctx
-        duration_ms = (time.monotonic() - self.started) * 1000
+        duration_ms = (now - self.started) * 1000
         cluster = self.spec
         labels = ctx.labels(self.config, cluster, self.down.peer_identity)
         ctx.stats.record_request(labels, self.status, self.reason, duration_ms)
@@ -467,7 +509,7 @@ class Relay:
         self.ended = True
         if not self.req_done:
             self.close_after = True  # the rest of the request body has nowhere to go
-        self.down.exchange_done(self, self.req_keep_alive and not self.close_after)
+        self.down.exchange_done(self, self.req_keep_alive and not self.close_after, now)
 
     async def run(self) -> None:
         raise NotImplementedError  # Exchange.run

@@ -28,6 +28,7 @@ from hyphal.proxy.http.headers import local_response
 from hyphal.proxy.http.readbuf import BufferedReads
 from hyphal.proxy.http.relay import REPLAY_LIMIT, Relay
 from hyphal.proxy.transport.tls import spiffe_id
+from hyphal.proxy.upstream.pool import UpstreamConnection
 
 _PIPELINE_DEPTH = 8
 _REASON_FLAGS = {400: "bad_request", 408: "request_timeout", 414: "uri_too_long",
@@ -115,23 +116,27 @@ class HttpDownstream(BufferedReads):
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
-        if self._state == _TUNNEL:
+        state = self._state
+        if state == _TUNNEL:
             if self.reading is not None:
                 self.reading.tunnel_data(data)
             return
-        if self._state == _DONE:
+        if state == _DONE:
             return
-        if self._state == _IDLE:
+        now = 0.0  # monotonic, read once per read when something needs it
+        if state == _IDLE:
             self._state = _HEAD
             self._idle_since = 0.0
-            self._head_since = time.monotonic()
+            self._head_since = now = time.monotonic()
         for event in self.reader.feed(data):
             cls = event.__class__
             if cls is Body:
                 if self.reading is not None:
                     self.reading.feed_body(event.data)  # type: ignore[union-attr]
             elif cls is RequestHead:
-                self._on_head(event)  # type: ignore[arg-type]
+                if not now:
+                    now = time.monotonic()
+                self._on_head(event, now)  # type: ignore[arg-type]
             elif cls is MessageEnd:
                 reading = self.reading
                 self._state = _IDLE
@@ -154,20 +159,24 @@ class HttpDownstream(BufferedReads):
                 if self._state != _DONE:
                     self._on_parse_error(event)
                 break
-        self.flush()
+        if self._out:
+            self.flush()
 
-    def _on_head(self, head: RequestHead) -> None:
-        self._cancel_head()
+    def _on_head(self, head: RequestHead, now: float) -> None:
+        self._head_since = 0.0
         self._state = _BODY
-        exchange = Exchange(self, self.ctx, head, self.ctx.holder.current)
+        ctx = self.ctx
+        exchange = Exchange(self, ctx, head, ctx.holder.current, now)
         self.reading = exchange
-        self.queue.append(exchange)
-        if len(self.queue) == 1:
+        queue = self.queue
+        queue.append(exchange)
+        waiting = len(queue)
+        if waiting == 1:
             # A request with no body or a small one starts when it is whole (its
             # MessageEnd), which lets the exchange take the fast path; others stream.
             if not _whole_soon(head):
                 exchange.start()
-        elif len(self.queue) >= _PIPELINE_DEPTH:
+        elif waiting >= _PIPELINE_DEPTH:
             self.pause_reading("pipeline")
 
     def _on_parse_error(self, event: ParseError) -> None:
@@ -247,21 +256,29 @@ class HttpDownstream(BufferedReads):
         if not self._paused and self.transport is not None and not self._closed:
             self.transport.resume_reading()
 
-    def pause_upstream_reads(self) -> bool:
-        return self._write_paused
+    def upstream_bound(self, conn: UpstreamConnection) -> None:
+        """The exchange in flight writes to `conn` now: the rest of its body is no longer
+        only buffered (read on), and `conn` is read only while we can write downstream."""
+        if self._paused:
+            self.resume_reading("buffer")
+        if self._write_paused and conn.transport is not None:
+            conn.transport.pause_reading()
 
-    def exchange_done(self, exchange: Relay, keep_alive: bool) -> None:
-        if self.queue and self.queue[0] is exchange:
-            self.queue.popleft()
+    def exchange_done(self, exchange: Relay, keep_alive: bool, now: float = 0.0) -> None:
+        queue = self.queue
+        if queue and queue[0] is exchange:
+            queue.popleft()
         if self.reading is exchange and exchange.req_done:
             self.reading = None
-        self.flush()
+        if self._out:
+            self.flush()
         if not keep_alive or self._closed:
             self.close()
             return
-        self.resume_reading("pipeline")
-        if self.queue:
-            self.queue[0].start()
+        if self._paused:
+            self.resume_reading("pipeline")
+        if queue:
+            queue[0].start()
             return
         if self._pending_error is not None:
             self.send(self._pending_error)
@@ -270,7 +287,7 @@ class HttpDownstream(BufferedReads):
         if self._state == _DONE:
             self.close()
         elif self._state == _IDLE:
-            self._arm_idle()
+            self._idle_since = now or time.monotonic()
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -17,7 +17,7 @@ from hyphal.proxy.http.codec import (
     Upgrade,
 )
 from hyphal.proxy.http.readbuf import BufferedReads
-from hyphal.proxy.runtime.tables import ClusterSpec, EndpointSpec
+from hyphal.proxy.runtime.tables import ClusterSpec, EndpointSpec, UpstreamTls
 from hyphal.proxy.transport.tls import TlsMaterial, spiffe_id
 from hyphal.telemetry.stats import Stats
 
@@ -268,10 +268,15 @@ class ConnectionPool:
     """Idle keep-alive connections per (endpoint, TLS identity expectation). Clusters with
     `http2` set go through `h2` (protocol bridging) when the data plane wired one."""
 
-    __slots__ = ("_all", "_idle", "_per_cluster", "_waiters", "h2", "stats", "tls")
+    __slots__ = ("_all", "_idle", "_keys", "_per_cluster", "_waiters", "h2", "stats", "tls")
 
     def __init__(self, tls: TlsMaterial | None, stats: Stats) -> None:
+        # Idle connections per key, most recently used last (taken first: its peer is the
+        # least likely to have closed it).
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
+        # pool_key() per endpoint object (config snapshots are immutable), checked by
+        # identity: the request path looks a key up without building one.
+        self._keys: dict[int, tuple[EndpointSpec, UpstreamTls | None, PoolKey]] = {}
         self._all: set[UpstreamConnection] = set()
         self.tls = tls
         self.stats = stats
@@ -292,15 +297,29 @@ class ConnectionPool:
             return await self.h2.wait_for_connection(cluster, timeout_s)
         return await self._waiters.wait(cluster, timeout_s)
 
-    def idle_connection(self, endpoint: EndpointSpec,
-                        cluster: ClusterSpec) -> UpstreamConnection | None:
-        """A pooled keep-alive connection to the endpoint, if one is usable (no await)."""
-        idle = self._idle.get(pool_key(endpoint, cluster))
+    def key_of(self, endpoint: EndpointSpec, cluster: ClusterSpec) -> PoolKey:
+        """pool_key(endpoint, cluster), cached per endpoint object."""
+        tls = cluster.tls
+        found = self._keys.get(id(endpoint))
+        if found is not None and found[0] is endpoint and found[1] is tls:
+            return found[2]
+        key = pool_key(endpoint, cluster)
+        if len(self._keys) > 4096:
+            self._keys.clear()
+        self._keys[id(endpoint)] = (endpoint, tls, key)
+        return key
+
+    def idle_connection(self, endpoint: EndpointSpec, cluster: ClusterSpec,
+                        now: float | None = None) -> UpstreamConnection | None:
+        """A pooled keep-alive connection to the endpoint, if one is usable (no await).
+        `now`: the caller's monotonic time, when it has just read it."""
+        idle = self._idle.get(self.key_of(endpoint, cluster))
         if not idle:
             if cluster.http2 and self.h2 is not None:
                 return self.h2.idle_connection(endpoint, cluster)
             return None
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         while idle:
             conn = idle.pop()
             transport = conn.transport
@@ -334,14 +353,19 @@ class ConnectionPool:
             self._per_cluster[cluster.name] = self._per_cluster.get(cluster.name, 0) + 1
         return conn
 
-    def release(self, conn: UpstreamConnection, reusable: bool, max_requests: int | None) -> None:
+    def release(self, conn: UpstreamConnection, reusable: bool, max_requests: int | None,
+                now: float | None = None) -> None:
         conn.sink = None
         if (not reusable or conn.closed or conn.tunnel
                 or (max_requests is not None and conn.requests >= max_requests)):
             conn.close()
             return
-        conn.idle_since = time.monotonic()
-        self._idle.setdefault(conn.key, []).append(conn)
+        conn.idle_since = time.monotonic() if now is None else now
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            self._idle[conn.key] = [conn]
+        else:
+            idle.append(conn)
         if self._waiters:
             self._waiters.wake(conn.cluster)
 
