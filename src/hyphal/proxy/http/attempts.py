@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from hyphal.proxy.http.codec import RequestHead, ResponseHead
 from hyphal.proxy.http.headers import LAST_CHUNK, encode_chunk
-from hyphal.proxy.http.relay import Outcome, Relay
+from hyphal.proxy.http.relay import BROKEN, DONE, RESET, RETRY, TIMEOUT, Outcome, Relay
 from hyphal.proxy.http.request import redirect_location, upstream_request_head
 from hyphal.proxy.resilience.backoff import Backoff, FailureKind
 from hyphal.proxy.router import Target
@@ -81,13 +81,13 @@ class Attempts(Relay):
         if now is None:
             now = time.monotonic()
         result: int | FailureKind | None
-        if outcome is Outcome.DONE or outcome is Outcome.RETRY:
+        if outcome is DONE or outcome is RETRY:
             result = self.status
-        elif outcome is Outcome.TIMEOUT:
+        elif outcome is TIMEOUT:
             result = FailureKind.TIMEOUT
-        elif outcome is Outcome.RESET:
+        elif outcome is RESET:
             result = None if stale else FailureKind.RESET  # a stale pooled connection
-        elif outcome is Outcome.BROKEN:
+        elif outcome is BROKEN:
             result = FailureKind.RESET
         else:
             result = None  # cancelled: the client left; not the endpoint's fault
@@ -239,7 +239,7 @@ class Attempts(Relay):
         self.up = None
         if conn is not None:
             conn.abort()
-        fut.set_result(Outcome.BROKEN if self.committed else Outcome.TIMEOUT)
+        fut.set_result(BROKEN if self.committed else TIMEOUT)
         if self.committed:
             self.reason = "timeout"
 

@@ -49,6 +49,9 @@ class ListenerContext:
     # same kind and TLS (`listeners.needs_rebind`: another kind or TLS is a new context).
     inbound: bool = field(init=False)
     downstream_tls: bool = field(init=False)
+    # The last `labels` answer, checked by identity before the dict (no key tuple per request).
+    _last: tuple[ProxyConfig, ClusterSpec | None, str | None, PeerLabels] | None = field(
+        default=None, init=False)
 
     def __post_init__(self) -> None:
         self.inbound = self.spec.is_inbound
@@ -57,9 +60,13 @@ class ListenerContext:
     def labels(self, config: ProxyConfig, cluster: ClusterSpec | None,
                peer: str | None) -> PeerLabels:
         """Istio label set for this listener/cluster/peer, resolved once and cached."""
+        last = self._last
+        if last is not None and last[0] is config and last[1] is cluster and last[2] == peer:
+            return last[3]
         key = (config.version, cluster.name if cluster else "", peer)
         found = self._labels.get(key)
         if found is not None:
+            self._last = (config, cluster, peer, found)
             return found
         if len(self._labels) > 4096:
             self._labels.clear()
@@ -89,6 +96,7 @@ class ListenerContext:
             )
         found = self.stats.intern(found)
         self._labels[key] = found
+        self._last = (config, cluster, peer, found)
         return found
 
 

@@ -32,7 +32,16 @@ from hyphal.proxy.filters.fault import decide as decide_fault
 from hyphal.proxy.http.attempts import Attempts
 from hyphal.proxy.http.headers import header_map
 from hyphal.proxy.http.plan import First, rbac_needs_headers
-from hyphal.proxy.http.relay import CONTINUE, Downstream, Outcome
+from hyphal.proxy.http.relay import (
+    BROKEN,
+    CONTINUE,
+    DONE,
+    RESET,
+    RETRY,
+    TIMEOUT,
+    Downstream,
+    Outcome,
+)
 from hyphal.proxy.http.request import upstream_request_head
 from hyphal.proxy.pathnorm import normalized
 from hyphal.proxy.resilience.backoff import FailureKind
@@ -312,11 +321,13 @@ class Exchange(Attempts):
         assert runtime is not None
         # A pooled connection: a reset is a stale connection, not the endpoint's fault.
         self._end_try(runtime, self.upstream_addr, outcome, True, now)
-        if outcome is Outcome.DONE or outcome is Outcome.BROKEN:
-            if outcome is Outcome.BROKEN:
+        if outcome is DONE or outcome is BROKEN:
+            if outcome is BROKEN:
                 self.close_after = True
                 self.reason = "upstream_reset_after_response_started"
-            self._release_admission()
+            if self.admitted:  # _release_admission, inline on the hot path
+                self.admitted = False
+                runtime.release()
             self._finish(now)
             return
         assert self.fast_endpoint is not None
@@ -329,7 +340,7 @@ class Exchange(Attempts):
             conn.abort()
         if self.committed:
             self.reason = "timeout"
-        self._fast_settled(Outcome.BROKEN if self.committed else Outcome.TIMEOUT)
+        self._fast_settled(BROKEN if self.committed else TIMEOUT)
 
     def _fast_cancelled(self) -> None:
         """The client left while the fast path's try was in flight."""
@@ -442,18 +453,18 @@ class Exchange(Attempts):
                     self._end_try(runtime, endpoint.address, attempt,
                                   stale=reused and not stale_retry_used)
                 outcome = attempt
-            if outcome is Outcome.DONE:
+            if outcome is DONE:
                 return
-            if outcome is Outcome.BROKEN:
+            if outcome is BROKEN:
                 self.close_after = True
                 self.reason = "upstream_reset_after_response_started"
                 return
-            if outcome is Outcome.RETRY:
+            if outcome is RETRY:
                 last_reason = "upstream_retriable_status"
                 await self._backoff(backoff, backoff_round, deadline, self.retry_after_s)
                 backoff_round += 1
                 continue
-            if outcome is Outcome.RESET:
+            if outcome is RESET:
                 last_reason = "upstream_reset"
                 if reused and not stale_retry_used and self.replayable:
                     # A pooled connection the server had already closed: try a fresh one.

@@ -75,6 +75,12 @@ class Outcome(enum.Enum):
     BROKEN = "broken"  # failed after the response was committed
 
 
+# The members as module constants, which the exchange compares against: on CPython 3.11 every
+# `Outcome.X` read goes through EnumType.__getattr__ (~200 ns; a global is ~16 ns).
+DONE, RETRY, RESET, TIMEOUT, BROKEN = (Outcome.DONE, Outcome.RETRY, Outcome.RESET,
+                                       Outcome.TIMEOUT, Outcome.BROKEN)
+
+
 class Relay:
     """All of an exchange's state (Attempts and Exchange add behaviour, no fields): one
     `__init__` for the object the hot path builds per request, no `super()` chain."""
@@ -306,7 +312,7 @@ class Relay:
             if conn is not None:
                 conn.close()
             self.status = status
-            self._settle(Outcome.RETRY)
+            self._settle(RETRY)
             return
         self._commit(head)
 
@@ -403,9 +409,9 @@ class Relay:
             self.ctx.pool.release(conn, keep_alive and self.req_done,
                                   spec.max_requests_per_connection if spec else None, now)
         if self.fast:
-            self._fast_settled(Outcome.DONE, now)  # the hot path ends here
+            self._fast_settled(DONE, now)  # the hot path ends here
         else:
-            self._settle(Outcome.DONE)
+            self._settle(DONE)
 
     def on_upstream_upgrade(self, rest: bytes) -> None:
         if self.status != 101:
@@ -433,24 +439,24 @@ class Relay:
         self.up = None
         if conn is not None:
             conn.abort()
-        self._settle(Outcome.BROKEN if self.committed else Outcome.RESET)
+        self._settle(BROKEN if self.committed else RESET)
 
     def on_upstream_lost(self) -> None:
         self.up = None
         if self.tunneling:
             self.resp_done = True
-            self._settle(Outcome.DONE)
+            self._settle(DONE)
             return
         if self.committed and not self.resp_done:
             if self.up_until_close or self.resp_mode == "close":
                 if self.resp_mode == "chunked":
                     self.down.send(LAST_CHUNK)
                 self.resp_done = True
-                self._settle(Outcome.DONE)
+                self._settle(DONE)
                 return
-            self._settle(Outcome.BROKEN)
+            self._settle(BROKEN)
             return
-        self._settle(Outcome.RESET)
+        self._settle(RESET)
 
     def on_upstream_flush(self) -> None:
         self.down.flush()
