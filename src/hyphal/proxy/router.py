@@ -67,9 +67,17 @@ def parse_target(target: bytes, host: bytes | None) -> Target | None:
 def select_route(
     table: RouteTable, target: Target, method: str, headers: Mapping[str, str] | None
 ) -> tuple[VirtualHost | None, Route | None]:
-    vhost = table.find_virtual_host(target.authority)
+    """The virtual host for the target's authority and its first matching route. A catch-all
+    table (`only`) skips the domain lookup, and a first route that matches on a path prefix
+    alone (`leading_prefix`) is taken with one `startswith`."""
+    vhost = table.only
     if vhost is None:
-        return None, None
+        vhost = table.find_virtual_host(target.authority)
+        if vhost is None:
+            return None, None
+    prefix = vhost.leading_prefix
+    if prefix is not None and target.path.startswith(prefix):
+        return vhost, vhost.routes[0]
     return vhost, vhost.find_route(method, target.path, target.query, headers)
 
 

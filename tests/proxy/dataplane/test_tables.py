@@ -111,3 +111,87 @@ def test_rbac_deny_then_allow():
     assert not header_rule.allowed(None, "GET", "/", 1, {})[0]
     assert RbacEngine(allow=()).allowed(ALICE, "GET", "/", 1, {}) == (False, "")
     assert RbacEngine().allowed(None, "GET", "/", 1, {}) == (True, "")
+
+
+def test_rbac_principal_table_decides_as_the_rules_do():
+    """Engines whose decision depends on the principal alone are compiled to a table; every
+    engine, compiled or not, decides as its rules evaluated one by one."""
+    import random
+
+    from hyphal.proxy.runtime.rbac import AuthenticatedRule, RbacRequest
+
+    rng = random.Random(7)
+    names = [f"spiffe://td/ns/shop/sa/{n}" for n in ("a", "b", "c")]
+
+    def principal_rule() -> object:
+        kind = rng.choice([StringKind.EXACT] * 4 + [StringKind.PREFIX])
+        return PrincipalRule(StringMatch(kind, rng.choice(names), ignore_case=rng.random() < .1))
+
+    def rule(depth: int) -> object:
+        roll = rng.random()
+        if depth > 2 or roll < 0.35:
+            return principal_rule()
+        if roll < 0.5:
+            return AnyRule()
+        if roll < 0.55:
+            return rng.choice([AuthenticatedRule(), PathRule(StringMatch(StringKind.EXACT, "/x")),
+                               NotRule(principal_rule())])
+        group = tuple(rule(depth + 1) for _ in range(rng.randrange(0, 3)))
+        return (OrRule if roll < 0.85 else AndRule)(group)
+
+    compiled = 0
+    for _ in range(3000):
+        allow = tuple(RbacPolicy(f"p{i}", rng.choice([AnyRule(), OrRule((AnyRule(),)), rule(1)]),
+                                 rule(0)) for i in range(rng.randrange(0, 4)))
+        deny = (RbacPolicy("d", AnyRule(), rule(0)),) if rng.random() < 0.1 else ()
+        engine = RbacEngine(deny, allow if rng.random() < 0.95 else None)
+        compiled += engine._by_principal is not None
+        for who in (*names, "spiffe://td/ns/other/sa/x", None, ""):
+            for path in ("/x", "/y"):
+                request = RbacRequest(who, "GET", path, 8080, {}, None)
+                assert engine.allowed(who, "GET", path, 8080, {}) == engine.evaluate(request)
+    assert compiled > 1000  # the table is the common case, not a corner
+
+
+def test_istio_principal_policy_is_a_table_lookup():
+    bob = "spiffe://td/ns/shop/sa/bob"
+    engine = RbacEngine(allow=(
+        RbacPolicy("ns[shop]-policy[a]-rule[0]", OrRule((AnyRule(),)),
+                   OrRule((OrRule((PrincipalRule(StringMatch(StringKind.EXACT, ALICE)),
+                                   PrincipalRule(StringMatch(StringKind.EXACT, bob)))),))),
+        RbacPolicy("ns[shop]-policy[b]-rule[0]", OrRule((AnyRule(),)),
+                   OrRule((PrincipalRule(StringMatch(StringKind.EXACT, bob)),))),
+    ))
+    assert engine._by_principal is not None and not engine.needs_headers
+    assert engine.allowed(ALICE, "GET", "/", 1, {}) == (True, "ns[shop]-policy[a]-rule[0]")
+    assert engine.allowed(bob, "GET", "/", 1, {}) == (True, "ns[shop]-policy[a]-rule[0]")
+    assert engine.allowed(None, "GET", "/", 1, {}) == (False, "")
+    assert engine.allowed("spiffe://td/ns/x/sa/y", "GET", "/", 1, {}) == (False, "")
+
+
+def test_route_selection_shortcuts_agree_with_matching():
+    from hyphal.proxy.router import parse_target, select_route
+
+    catch_all = RouteTable.build("t", (_vh("any", "*"),))
+    assert catch_all.only is not None and catch_all.only.leading_prefix == "/"
+    target = parse_target(b"/a", b"Whatever:1")
+    assert target is not None
+    vhost, route = select_route(catch_all, target, "GET", None)
+    assert vhost is catch_all.only and route is catch_all.only.routes[0]
+    star = parse_target(b"*", b"h")  # OPTIONS *: no prefix "/" route matches it
+    assert star is not None and select_route(catch_all, star, "OPTIONS", None) == (vhost, None)
+
+    picky = VirtualHost("picky", ("*",), (
+        Route("get", RouteMatch(methods=frozenset({"GET"})), ClusterAction.single("g")),
+        Route("api", RouteMatch(path=PathMatch(PathKind.PREFIX, "/api")),
+              ClusterAction.single("a"))))
+    assert picky.leading_prefix is None
+    table = RouteTable.build("t", (_vh("exact", "product", "product:8080"), picky))
+    assert table.only is None
+    api = parse_target(b"/api/x", b"nowhere")
+    assert api is not None
+    assert select_route(table, api, "POST", None)[1].name == "api"
+    assert select_route(table, api, "GET", None)[1].name == "get"
+    for host in (b"product:8080", b"PRODUCT:8080", b"product:1"):
+        found = parse_target(b"/", host)
+        assert found is not None and select_route(table, found, "GET", None)[0].name == "exact"

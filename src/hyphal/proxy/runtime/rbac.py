@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
-from hyphal.proxy.runtime.matchers import HeaderMatcher, StringMatch
+from hyphal.proxy.runtime.matchers import HeaderMatcher, StringKind, StringMatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +156,29 @@ class RbacPolicy:
 class RbacEngine:
     """Deny policies first (any match denies); then, if an ALLOW filter exists, some allow
     policy must match. `allow=None` means no ALLOW filter (everything not denied passes);
-    `allow=()` means an ALLOW filter with no policies (everything is denied)."""
+    `allow=()` means an ALLOW filter with no policies (everything is denied).
+
+    Compiled once per engine: `needs_headers` (whether any rule reads request headers), and,
+    when the decision depends on the peer's principal alone (no deny policies; allow policies
+    that permit any request from exact principals, Istio's `from.source.principals`), a
+    table from principal to decision, so that the common check is one dict lookup."""
 
     deny: tuple[RbacPolicy, ...] = ()
     allow: tuple[RbacPolicy, ...] | None = None
+    needs_headers: bool = field(default=False, init=False, compare=False, repr=False)
+    _by_principal: Mapping[str | None, tuple[bool, str]] | None = field(
+        default=None, init=False, compare=False, repr=False)
+    _otherwise: tuple[bool, str] = field(default=(False, ""), init=False, compare=False,
+                                         repr=False)
+
+    def __post_init__(self) -> None:
+        policies = self.deny + (self.allow or ())
+        object.__setattr__(self, "needs_headers", any(
+            _needs_headers(p.permissions) or _needs_headers(p.principals) for p in policies))
+        compiled = _compile_by_principal(self)
+        if compiled is not None:
+            object.__setattr__(self, "_by_principal", compiled[0])
+            object.__setattr__(self, "_otherwise", compiled[1])
 
     def allowed(
         self,
@@ -171,7 +190,13 @@ class RbacEngine:
         auth: Mapping[str, Any] | None = None,
     ) -> tuple[bool, str]:
         """Return (allowed, name of the deciding policy or "" when none decided)."""
-        req = RbacRequest(principal, method, path, port, headers, auth)
+        table = self._by_principal
+        if table is not None:  # the hot path: the principal alone decides
+            return table.get(principal, self._otherwise)
+        return self.evaluate(RbacRequest(principal, method, path, port, headers, auth))
+
+    def evaluate(self, req: RbacRequest) -> tuple[bool, str]:
+        """`allowed`, rule by rule (what the compiled table is checked against)."""
         for policy in self.deny:
             if policy.matches(req):
                 return False, policy.name
@@ -181,3 +206,85 @@ class RbacEngine:
             if policy.matches(req):
                 return True, policy.name
         return False, ""
+
+
+# ---------------------------------------------------------------- compilation
+
+# Rules that never look at request headers; any other kind (HeaderRule, or one added later)
+# needs the header map.
+_HEADER_FREE = (AnyRule, PrincipalRule, AuthenticatedRule, MetadataRule, PathRule, MethodRule,
+                PortRule)
+
+
+def _needs_headers(rule: Rule) -> bool:
+    if isinstance(rule, AndRule | OrRule):
+        return any(_needs_headers(r) for r in rule.rules)
+    if isinstance(rule, NotRule):
+        return _needs_headers(rule.rule)
+    return not isinstance(rule, _HEADER_FREE)
+
+
+def _always(rule: Rule) -> bool:
+    """Whether `rule` matches every request (conservative: False when unsure)."""
+    if isinstance(rule, AnyRule):
+        return True
+    if isinstance(rule, OrRule):
+        return any(_always(r) for r in rule.rules)
+    if isinstance(rule, AndRule):
+        return all(_always(r) for r in rule.rules)
+    return False
+
+
+def _principals(rule: Rule) -> frozenset[str] | bool:
+    """The exact principals `rule` matches when it looks at nothing else: a set; True when it
+    matches every request; False when it reads anything else (or matches in other ways)."""
+    if _always(rule):
+        return True
+    if isinstance(rule, PrincipalRule):
+        match = rule.match
+        if match.kind is StringKind.EXACT and not match.ignore_case:
+            return frozenset((match.value,))
+        return False
+    if isinstance(rule, OrRule):
+        found: frozenset[str] = frozenset()
+        for sub in rule.rules:
+            names = _principals(sub)
+            if names is False or names is True:
+                return False  # True is impossible here: _always(rule) was False
+            found |= names
+        return found
+    if isinstance(rule, AndRule):
+        common: frozenset[str] | None = None
+        for sub in rule.rules:
+            names = _principals(sub)
+            if names is True:
+                continue
+            if names is False:
+                return False
+            common = names if common is None else common & names
+        return True if common is None else common
+    return False
+
+
+def _compile_by_principal(
+    engine: RbacEngine,
+) -> tuple[dict[str | None, tuple[bool, str]], tuple[bool, str]] | None:
+    """(decision by principal, decision for any other principal or none) when the principal
+    alone decides, else None. Policies are taken in order: the first that matches decides,
+    as in `evaluate`."""
+    if engine.deny:
+        return None
+    if engine.allow is None:
+        return {}, (True, "")
+    table: dict[str | None, tuple[bool, str]] = {}
+    for policy in engine.allow:
+        if not _always(policy.permissions):
+            return None
+        names = _principals(policy.principals)
+        if names is True:
+            return table, (True, policy.name)  # decides every request the others left
+        if names is False:
+            return None
+        for name in names:
+            table.setdefault(name, (True, policy.name))
+    return table, (False, "")

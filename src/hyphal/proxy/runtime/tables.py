@@ -257,6 +257,17 @@ class VirtualHost:
     response_headers_to_add: tuple[HeaderValue, ...] = ()
     response_headers_to_remove: tuple[str, ...] = ()
     retry: RetryPolicy | None = None
+    # The first route's path prefix when that route matches on it alone (case-sensitive, no
+    # method, header or query matchers): then `select_route` needs no matcher call for it.
+    leading_prefix: str | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.routes:
+            match = self.routes[0].match
+            path = match.path
+            if (path.kind is PathKind.PREFIX and path.case_sensitive and match.methods is None
+                    and not match.headers and not match.query):
+                object.__setattr__(self, "leading_prefix", path.value)
 
     def find_route(
         self, method: str, path: str, query: str, headers: Mapping[str, str] | None
@@ -279,6 +290,13 @@ class RouteTable:
     prefixes: tuple[tuple[str, VirtualHost], ...] = field(default=(), compare=False, repr=False)
     default: VirtualHost | None = field(default=None, compare=False, repr=False)
     needs_headers: bool = field(default=False, compare=False, repr=False)
+    # `default` when it is the only virtual host any authority can reach (a catch-all
+    # table): then `select_route` skips the domain lookup.
+    only: VirtualHost | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.exact and not self.suffixes and not self.prefixes:
+            object.__setattr__(self, "only", self.default)
 
     @classmethod
     def build(cls, name: str, virtual_hosts: tuple[VirtualHost, ...]) -> RouteTable:
@@ -312,17 +330,23 @@ class RouteTable:
 
     def find_virtual_host(self, authority: str) -> VirtualHost | None:
         """Look up by authority as sent (with or without port), case-insensitively."""
-        host = authority.lower()
-        vhost = self.exact.get(host)
+        exact = self.exact
+        # Domains are kept lower-case, so an authority found as sent is its own lower case.
+        vhost = exact.get(authority)
         if vhost is not None:
             return vhost
+        host = authority.lower()
+        if host != authority:
+            vhost = exact.get(host)
+            if vhost is not None:
+                return vhost
         # Envoy retries without the port when the exact form misses.
         if host.startswith("["):
             bare = host[: host.find("]") + 1] if "]" in host else host
         else:
             bare = host.rsplit(":", 1)[0] if ":" in host else host
         if bare != host:
-            vhost = self.exact.get(bare)
+            vhost = exact.get(bare)
             if vhost is not None:
                 return vhost
         for suffix, candidate in self.suffixes:
@@ -482,14 +506,16 @@ class ListenerSpec:
     use_original_dst: bool = False
     bind_to_port: bool = True
     additional_addresses: tuple[tuple[str, int], ...] = ()
+    # Derived from `kind` once (read on every request).
+    is_http: bool = field(default=False, init=False, compare=False, repr=False)
+    is_inbound: bool = field(default=False, init=False, compare=False, repr=False)
 
-    @property
-    def is_http(self) -> bool:
-        return self.kind in (ListenerKind.OUTBOUND_HTTP, ListenerKind.INBOUND_HTTP)
-
-    @property
-    def is_inbound(self) -> bool:
-        return self.kind in (ListenerKind.INBOUND_HTTP, ListenerKind.INBOUND_TCP)
+    def __post_init__(self) -> None:
+        kind = self.kind
+        object.__setattr__(self, "is_http",
+                           kind in (ListenerKind.OUTBOUND_HTTP, ListenerKind.INBOUND_HTTP))
+        object.__setattr__(self, "is_inbound",
+                           kind in (ListenerKind.INBOUND_HTTP, ListenerKind.INBOUND_TCP))
 
 
 @dataclass(frozen=True, slots=True)
