@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from hyphal.proxy.resilience.deadline import (
     Deadline,
+    deadline_millis,
     effective_timeout,
     format_deadline_header,
     format_grpc_timeout,
@@ -58,7 +59,20 @@ def test_deadline_header_round_trip(ms: int) -> None:
     assert parse_deadline_header(str(ms)) == ms / 1000
 
 
+@settings(deadline=None)
+@given(st.one_of(st.floats(min_value=-1.0, max_value=1e12, allow_nan=False),
+                 st.integers(min_value=0, max_value=10**12).map(lambda ms: (ms + 0.9999995) / 1000),
+                 st.integers(min_value=0, max_value=10**12).map(lambda ms: (ms - 1e-7) / 1000)))
+def test_deadline_millis_skips_rounding_only_where_it_cannot_matter(seconds: float) -> None:
+    # The floor is taken without round(ms, 6) unless the fraction is within 1e-6 of the next
+    # integer: the answer must be the rounding one's, boundaries included.
+    expected = 0 if seconds <= 0 else int(round(seconds * 1000.0, 6))
+    assert deadline_millis(seconds) == expected
+    assert format_deadline_header(seconds) == str(expected)
+
+
 def test_deadline_header_floors_and_rejects_garbage() -> None:
+    assert format_deadline_header(33554.429) == "33554429"  # float noise is not floored away
     assert format_deadline_header(0.0019) == "1"
     assert format_deadline_header(-3.0) == "0"
     for bad in (None, "", "-5", "1.5", "abc", "9" * 20):

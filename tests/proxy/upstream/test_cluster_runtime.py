@@ -182,3 +182,19 @@ def test_retry_after_shadow_and_sticky_cookie() -> None:
     assert by_query.key == b"42"
     by_ip = request_hash_key((HashPolicy(source_ip=True),), [], "", "1.2.3.4", random.Random())
     assert by_ip.key == b"1.2.3.4"
+
+
+def test_a_single_endpoint_is_picked_as_the_balancer_would() -> None:
+    # One endpoint: the runtime answers without its balancer, except where the balancer's
+    # pick draws from the shared rng (random, and hashing without a key), which must go on.
+    for lb in LbPolicy:
+        rt = ClusterRuntime(spec(endpoints=(A,), lb=lb), rng=random.Random(3))
+        assert rt.pick(now=1.0) is A and rt.pick({A.address}, now=1.0) is A
+        state = rt.rng.getstate()
+        rt.pick(now=1.0)
+        drew = rt.rng.getstate() != state
+        assert drew == (lb in (LbPolicy.RANDOM, LbPolicy.RING_HASH, LbPolicy.MAGLEV)), lb
+    ejecting = ClusterRuntime(spec(endpoints=(A,), outlier=OutlierSpec(consecutive_5xx=1)))
+    ejecting.finish(A.address, 503, None, 10.0)
+    assert ejecting.ejected(10.0) == {A.address}
+    assert ejecting.pick(now=10.0) is A  # the panic threshold: every endpoint again

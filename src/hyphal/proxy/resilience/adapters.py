@@ -130,7 +130,9 @@ class EndpointPicker:
              hash_key: bytes | None = None) -> EndpointSpec | None:
         picker = self._picker
         key: str | None
-        if isinstance(picker, RingHash | Maglev):
+        if isinstance(picker, RoundRobin):  # the default policy first: one class to test
+            key = picker.pick(exclude)
+        elif isinstance(picker, RingHash | Maglev):
             key = (picker.pick(hash_key, exclude) if hash_key is not None
                    else self._fallback.pick(exclude))
         elif isinstance(picker, PeakEwma):

@@ -49,6 +49,7 @@ class RetryBudget:
     __slots__ = (
         "_bucket_s",
         "_epoch",
+        "_n",
         "_requests",
         "_reserve",
         "_retries",
@@ -60,6 +61,7 @@ class RetryBudget:
     def __init__(self, config: RetryBudgetConfig = RetryBudgetConfig()) -> None:
         self.config = config
         self._bucket_s = config.window_s / config.buckets
+        self._n = config.buckets
         self._requests = [0] * config.buckets
         self._retries = [0] * config.buckets
         self._sum_requests = 0
@@ -88,7 +90,9 @@ class RetryBudget:
 
     def record_request(self, now: float) -> None:
         """Count one first attempt (not retries)."""
-        slot = self._advance(now)
+        epoch = int(now / self._bucket_s)
+        # Still the newest bucket (most requests): nothing slides, no _advance call.
+        slot = epoch % self._n if epoch == self._epoch else self._advance(now)
         self._requests[slot] += 1
         self._sum_requests += 1
 

@@ -76,12 +76,24 @@ def parse_deadline_header(value: str | bytes | None) -> float | None:
     return int(text) / 1000.0
 
 
-def format_deadline_header(remaining_s: float) -> str:
-    """Integer milliseconds remaining, floored (a deadline is never extended); 0 if passed."""
+def deadline_millis(remaining_s: float) -> int:
+    """Integer milliseconds remaining, floored (a deadline is never extended); 0 if passed.
+
+    Float noise is rounded away first (33554.429 s * 1000 is 33554428.999...): the result is
+    `int(round(ms, 6))`. That rounding is slow (it formats decimals), and it can only change
+    the floor when the fraction is within 1e-6 of the next integer, so only then is it done."""
     if remaining_s <= 0:
-        return "0"
-    # Round away float noise first (33554.429 s * 1000 is 33554428.999...), then floor.
-    return str(int(round(remaining_s * 1000.0, 6)))
+        return 0
+    millis = remaining_s * 1000.0
+    floor = int(millis)
+    if millis - floor >= 0.999999:
+        return int(round(millis, 6))
+    return floor
+
+
+def format_deadline_header(remaining_s: float) -> str:
+    """`x-hyphal-deadline`'s value: `deadline_millis` as text."""
+    return str(deadline_millis(remaining_s))
 
 
 def remaining_from_headers(headers: Mapping[str, str]) -> float | None:

@@ -32,7 +32,7 @@ from hyphal.proxy.resilience.adapters import (
     retry_conditions,
 )
 from hyphal.proxy.resilience.backoff import Backoff, FailureKind, RetryConditions
-from hyphal.proxy.resilience.breaker import CircuitBreaker
+from hyphal.proxy.resilience.breaker import ADMITTED, CircuitBreaker
 from hyphal.proxy.resilience.budget import RetryBudget
 from hyphal.proxy.resilience.outlier import OutlierDetector
 from hyphal.proxy.runtime.tables import ClusterSpec, EndpointSpec, LbPolicy, RetryPolicy
@@ -43,6 +43,8 @@ from hyphal.telemetry.stats import Stats
 log = logging.getLogger(__name__)
 
 _NOTHING: Final[frozenset[str]] = frozenset()
+_PURE_SINGLE: Final = frozenset({LbPolicy.ROUND_ROBIN, LbPolicy.LEAST_REQUEST,
+                                 LbPolicy.PEAK_EWMA})
 OVERFLOW_METRIC: Final = "hyphal_upstream_rq_overflow_total"
 EJECTION_METRIC: Final = "hyphal_outlier_ejections_total"
 
@@ -64,8 +66,9 @@ class _Either:
 class ClusterRuntime:
     """The live state of one cluster next to its immutable ClusterSpec."""
 
-    __slots__ = ("_backoffs", "_conditions", "_out", "_out_from", "active", "breaker",
-                 "budget", "health", "keys", "outlier", "picker", "rng", "spec", "stats")
+    __slots__ = ("_backoffs", "_conditions", "_out", "_out_from", "_single", "active",
+                 "breaker", "budget", "health", "keys", "outlier", "picker", "rng", "spec",
+                 "stats")
 
     picker: EndpointPicker
     breaker: CircuitBreaker
@@ -86,6 +89,10 @@ class ClusterRuntime:
         self.picker = EndpointPicker(_policy_name(spec), healthy, self.active, self.rng, now,
                                      previous=old_picker, ring_min_size=spec.ring_min_size,
                                      maglev_table_size=spec.maglev_table_size)
+        # One endpoint under a policy whose pick of it has no side effect (random and the
+        # hash policies' random fallback draw from the shared rng): `pick` returns it as is.
+        self._single: EndpointSpec | None = (
+            healthy[0] if len(healthy) == 1 and spec.lb in _PURE_SINGLE else None)
         limits = breaker_limits(spec.circuit_breaker)
         if previous is not None:
             self.breaker = previous.breaker
@@ -130,7 +137,7 @@ class ClusterRuntime:
         """A new request (not a retry): None when admitted (call `release()` at its end), else
         the refusal reason for `x-hyphal-reason` (`circuit_open`)."""
         admission = self.breaker.admit_request()
-        if not admission:
+        if admission is not ADMITTED:  # `is`: Admission.__bool__ is a Python call
             reason = admission.reason.value if admission.reason else "circuit_open"
             self.overflow(reason)
             return reason
@@ -189,9 +196,11 @@ class ClusterRuntime:
         if now is None:
             now = time.monotonic()
         out = self._excluded(now)
-        picker = self.picker
         if not exclude:
-            return picker.pick(now, out, hash_key)
+            if not out and self._single is not None:
+                return self._single  # the only endpoint, nothing excluded: no balancer call
+            return self.picker.pick(now, out, hash_key)
+        picker = self.picker
         chosen = picker.pick(now, _Either(exclude, out) if out else exclude, hash_key)
         if chosen is None:
             chosen = picker.pick(now, out, hash_key)  # every usable one tried: reuse one
@@ -218,7 +227,8 @@ class ClusterRuntime:
             now = time.monotonic()
         if latency_s is not None and self.spec.lb is LbPolicy.PEAK_EWMA:
             self.picker.observe(address, latency_s, now)
-        self.record(address, outcome, now)
+        if self.outlier is not None:
+            self.record(address, outcome, now)
 
     def record(self, address: str, outcome: int | FailureKind, now: float) -> None:
         outlier = self.outlier

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from hyphal.proxy.http.headers import Headers
 from hyphal.proxy.resilience.backoff import parse_retry_after
 from hyphal.proxy.resilience.deadline import (
+    deadline_millis,
     format_deadline_header,
     format_grpc_timeout,
     parse_deadline_header,
@@ -50,16 +51,22 @@ def caller_budget(headers: Headers) -> CallerBudget:
     grpc = False
     found = False
     for name, value in headers:
-        if len(name) == 17 and name.lower() == DEADLINE:
-            found = True
+        # Gated on the name's length: most headers cost one len() and two comparisons.
+        size = len(name)
+        if size == 17:
+            if name.lower() != DEADLINE:
+                continue
             parsed = parse_deadline_header(value)
-        elif len(name) == 12 and name.lower() == GRPC_TIMEOUT:
-            found = True
+        elif size == 12:
+            lower = name.lower()
+            if lower != GRPC_TIMEOUT:
+                if lower == _CONTENT_TYPE and value.startswith(_GRPC):
+                    grpc = True
+                continue
             parsed = parse_grpc_timeout(value)
         else:
-            if len(name) == 12 and name.lower() == _CONTENT_TYPE and value.startswith(_GRPC):
-                grpc = True
             continue
+        found = True
         if parsed is not None and (remaining is None or parsed < remaining):
             remaining = parsed
     if not found:
@@ -84,9 +91,10 @@ def with_deadline(up_head: bytes, deadline: float | None, grpc: bool,
     if deadline is None:
         return up_head
     remaining = deadline - (time.monotonic() if now is None else now)
+    if not grpc:  # every request on a route with a timeout: one format, no str detour
+        return b"%bx-hyphal-deadline: %d\r\n\r\n" % (up_head[:-2], deadline_millis(remaining))
     extra = b"x-hyphal-deadline: " + format_deadline_header(remaining).encode() + b"\r\n"
-    if grpc:
-        extra += b"grpc-timeout: " + format_grpc_timeout(max(remaining, 0.0)).encode() + b"\r\n"
+    extra += b"grpc-timeout: " + format_grpc_timeout(max(remaining, 0.0)).encode() + b"\r\n"
     return up_head[:-2] + extra + b"\r\n"
 
 
