@@ -7,12 +7,18 @@ check: the control plane's mTLS xDS port (the CA service is served there too).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import grpc
+import pytest
 
 from hyphal.control.ca.tokens import TokenIssuer
 from hyphal.control.server import ControlOptions, ControlPlane
-from hyphal.proxy.bootstrap import parse_bootstrap
+from hyphal.identity.client import CertificateRequestError
+from hyphal.proxy.bootstrap import Bootstrap, parse_bootstrap
 from hyphal.proxy.certs import CertManager
 
 
@@ -56,14 +62,10 @@ async def test_renewal_after_the_token_expired_uses_the_current_certificate(
         await plane.stop()
 
 
-async def test_a_refused_request_is_reported_with_the_cas_status(tmp_path: Path) -> None:
-    """The request runs in hyphal.proxy.cert_worker's child: the CA's refusal comes back as a
-    CertificateRequestError with its gRPC status, and nothing is issued."""
-    import grpc
-    import pytest
-
-    from hyphal.identity.client import CertificateRequestError
-
+@contextlib.asynccontextmanager
+async def _control_plane(tmp_path: Path, token: str | None) -> AsyncIterator[Bootstrap]:
+    """A control plane (CA on its ports) and a sidecar bootstrap for demo/api; `token` is
+    written as the bootstrap token (None: a valid one for an hour)."""
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     state = tmp_path / "state"
@@ -72,9 +74,12 @@ async def test_a_refused_request_is_reported_with_the_cas_status(tmp_path: Path)
         ca_port=0, api_port=0))
     try:
         ports = await plane.start()
+        if token is None:
+            issuer = TokenIssuer.load_or_create(state, "cluster.local")
+            token = issuer.mint("demo", "api", dt.timedelta(hours=1))
         token_file = tmp_path / "token"
-        token_file.write_text("not.a.token")
-        boot = parse_bootstrap({
+        token_file.write_text(token)
+        yield parse_bootstrap({
             "node": {"id": "api-0.demo", "cluster": "api", "metadata": {
                 "NAMESPACE": "demo", "SERVICE_ACCOUNT": "api", "WORKLOAD_NAME": "api",
                 "LABELS": {"app": "api"}, "INSTANCE_IP": "127.0.0.1", "PROXY_MODE": "sidecar",
@@ -85,10 +90,36 @@ async def test_a_refused_request_is_reported_with_the_cas_status(tmp_path: Path)
             "token_file": str(token_file), "trust_domain": "cluster.local",
             "admin_port": 20002, "cert_ttl_seconds": 3600,
         }, source="test-bootstrap", base_dir=tmp_path)
+    finally:
+        await plane.stop()
+
+
+async def test_a_refused_request_is_reported_with_the_cas_status(tmp_path: Path) -> None:
+    """The request runs in hyphal.proxy.cert_worker's child: the CA's refusal comes back as a
+    CertificateRequestError with its gRPC status, and nothing is issued."""
+    async with _control_plane(tmp_path, "not.a.token") as boot:
         certs = CertManager(boot)
         with pytest.raises(CertificateRequestError, match="refused") as refused:
             await certs.issue()
         assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
         assert not certs.ready and certs.info() is None
-    finally:
-        await plane.stop()
+
+
+async def test_without_a_worker_process_the_certificate_is_requested_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no process can be started (a sandbox), the sidecar still gets its certificate,
+    and reports the same facts about it."""
+    from hyphal.proxy import cert_worker
+
+    def no_processes(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cert_worker.subprocess, "Popen", no_processes)
+    async with _control_plane(tmp_path, None) as boot:
+        certs = CertManager(boot)
+        bundle = await certs.issue()
+        info = certs.info()
+        assert bundle.spiffe_id.uri == boot.spiffe_id and info is not None
+        assert info.spiffe_id == boot.spiffe_id and info.root_fingerprint
+        assert info.root_fingerprint == certs.root_fingerprint

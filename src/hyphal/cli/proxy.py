@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 
 
@@ -40,10 +39,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"hyphal proxy: {exc}", file=sys.stderr)
         return 2
 
-    # The sidecar forks only to exec its certificate worker (hyphal.proxy.cert_worker), so
-    # gRPC's fork handlers have nothing to do; with the ADS channel's threads running they
-    # would log "skipping fork() handlers" at every rotation. Read when grpc is imported.
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from hyphal.proxy.server import ProxyStartError, run_proxy
 
     try:

@@ -12,10 +12,11 @@ written to disk. Errors come back as CertificateRequestError with the CA's gRPC 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
+import logging
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from hyphal.identity.client import CertBundle, CertificateRequestError
 from hyphal.identity.spiffe import SpiffeId
 
 __all__ = ["LeafFacts", "candidate_roots", "leaf_facts", "obtain"]
+
+log = logging.getLogger("hyphal.proxy.certs")
 
 # The child imports hyphal from the same tree as this process (tests run from a checkout).
 _SRC = str(Path(__file__).resolve().parents[2])
@@ -68,35 +71,73 @@ async def obtain(
         "trust_bundle": trust_bundle.decode("ascii"),
         "bootstrap_root": bootstrap_root.decode("ascii"),
     }
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, env.get("PYTHONPATH", "")) if p)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", __name__,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
-    )
     try:
-        out, _ = await asyncio.wait_for(
-            proc.communicate(json.dumps(request).encode()), timeout + _STARTUP_S)
+        reply = await _in_child(request, timeout + _STARTUP_S)
+    except OSError as exc:
+        # Cannot start a process here (a sandbox): do the same work in this process, which
+        # then keeps `cryptography` loaded. Serving beats saving memory.
+        log.warning("cannot start the certificate worker (%s); requesting the certificate "
+                    "in the sidecar process", exc)
+        reply = await _issue(request)
     except TimeoutError:
         raise CertificateRequestError(
             f"the certificate worker for {spiffe_id.uri} did not answer within "
             f"{timeout + _STARTUP_S:.0f}s") from None
-    finally:
-        if proc.returncode is None:  # timed out or cancelled (the sidecar is stopping)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-    try:
-        reply = json.loads(out)
-    except ValueError:
-        reply = None
-    if proc.returncode != 0 or not isinstance(reply, dict):
+    if reply is None:
         raise CertificateRequestError(
-            f"the certificate worker for {spiffe_id.uri} failed (exit {proc.returncode}); "
-            "its error is in this sidecar's log")
+            f"the certificate worker for {spiffe_id.uri} failed; its error is in this "
+            "sidecar's log")
     if "error" in reply:
         code = reply.get("code")
         raise CertificateRequestError(reply["error"], grpc.StatusCode[code] if code else None)
     return _bundle_from_json(reply["bundle"]), LeafFacts(**reply["facts"])
+
+
+async def _in_child(request: dict[str, Any], limit_s: float) -> dict[str, Any] | None:
+    """Run `python -m hyphal.proxy.cert_worker` on `request`; its reply, or None if it failed.
+
+    Started with `subprocess` (vfork + exec) rather than the event loop's spawn (fork under
+    uvloop: gRPC's fork handlers, a copy of this process's page tables), and from the very
+    binary this process runs (`/proc/self/exe`, named as `sys.executable` so that the same
+    virtualenv applies): a sidecar running under another uid may not be able to resolve the
+    path `sys.executable` names. The request fits in a pipe's buffer, so writing it does
+    not block; the reply is read on the event loop."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, env.get("PYTHONPATH", "")) if p)
+    exe = "/proc/self/exe" if os.path.exists("/proc/self/exe") else sys.executable
+    proc = subprocess.Popen(
+        [sys.executable, "-m", __name__], executable=exe, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        with proc.stdin:
+            proc.stdin.write(json.dumps(request).encode())
+        async with asyncio.timeout(limit_s):
+            out = await _read_all(proc.stdout)
+            while proc.poll() is None:  # it exits right after writing its reply
+                await asyncio.sleep(0.01)
+    finally:
+        if proc.poll() is None:  # timed out, or cancelled because the sidecar is stopping
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    try:
+        reply = json.loads(out)
+    except ValueError:
+        return None
+    return reply if proc.returncode == 0 and isinstance(reply, dict) else None
+
+
+async def _read_all(pipe: Any) -> bytes:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        return await reader.read()
+    finally:
+        transport.close()
 
 
 def candidate_roots(trust_bundle: bytes, bundle: CertBundle, bootstrap_root: bytes) -> bytes:
@@ -167,14 +208,14 @@ def _bundle_from_json(d: dict[str, Any]) -> CertBundle:
     )
 
 
-def _main() -> int:
+async def _issue(req: dict[str, Any]) -> dict[str, Any]:
+    """The worker's work: a key, the CSR, the CA's answer checked; its reply as JSON data."""
     from hyphal.identity.client import request_certificate
     from hyphal.identity.keys import generate_key
 
-    req = json.loads(sys.stdin.read())
     client = req["client_bundle"]
     try:
-        bundle = asyncio.run(request_certificate(
+        bundle = await request_certificate(
             req["address"],
             req["root_pem"].encode("ascii"),
             req["token"],
@@ -183,15 +224,18 @@ def _main() -> int:
             dt.timedelta(seconds=req["ttl_s"]),
             client_bundle=_bundle_from_json(client) if client else None,
             timeout=req["timeout"],
-        ))
+        )
     except CertificateRequestError as exc:
-        reply: dict[str, Any] = {"error": str(exc), "code": exc.code.name if exc.code else None}
-    else:
-        facts = leaf_facts(bundle, candidate_roots(
-            req["trust_bundle"].encode("ascii"), bundle, req["bootstrap_root"].encode("ascii")))
-        reply = {"bundle": _bundle_to_json(bundle), "facts": {
-            "serial": facts.serial, "not_before": facts.not_before,
-            "not_after": facts.not_after, "root_fingerprint": facts.root_fingerprint}}
+        return {"error": str(exc), "code": exc.code.name if exc.code else None}
+    facts = leaf_facts(bundle, candidate_roots(
+        req["trust_bundle"].encode("ascii"), bundle, req["bootstrap_root"].encode("ascii")))
+    return {"bundle": _bundle_to_json(bundle), "facts": {
+        "serial": facts.serial, "not_before": facts.not_before,
+        "not_after": facts.not_after, "root_fingerprint": facts.root_fingerprint}}
+
+
+def _main() -> int:
+    reply = asyncio.run(_issue(json.loads(sys.stdin.read())))
     sys.stdout.write(json.dumps(reply))
     return 0
 
