@@ -16,7 +16,7 @@ from typing import Any
 
 import httptools
 
-from hyphal.proxy.http.headers import Headers
+from hyphal.proxy.http.headers import HOP_BY_HOP, REQUEST_REPLACED, Headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,20 @@ class Limits:
     max_uri: int = 8192
     max_header_bytes: int = 32768
     max_headers: int = 100
+
+
+# A head's header lines exactly as received, for the hop's rebuild to copy instead of
+# re-serialising every header (the hot path: most heads arrive whole in one read). A plain
+# tuple (cheapest to build, once per head): (block, headers, drop, request_id, xff, cl_at).
+# `block` is the header lines, each ending in CRLF (no start line, no final empty line);
+# llhttp validated every line, and they are `headers`, one for one, in order. It describes a
+# head only while `head.headers is headers` (a filter or the deadline rewrite that replaces
+# the list leaves it stale). `drop` lists, ascending, the indices of the headers the rebuild
+# removes: for a request the names in REQUEST_REPLACED except x-request-id (kept), for a
+# response the hop-by-hop ones. `request_id` and `xff` are a request's last x-request-id and
+# x-forwarded-for values (None: none); `cl_at` is the index of a response's Content-Length
+# (-1: none).
+RawLines = tuple[bytes, Headers, list[int], bytes | None, bytes | None, int]
 
 
 @dataclass(slots=True)  # not frozen: built per request, and frozen init costs 3x; never mutated
@@ -41,6 +55,7 @@ class RequestHead:
     # The Connection header's value(s) when present (its tokens name more hop-by-hop
     # headers); None lets the head builder skip looking for them.
     connection: bytes | None = None
+    raw: RawLines | None = None  # the header lines as received, when the head came whole
 
     @property
     def has_body(self) -> bool:
@@ -56,6 +71,7 @@ class ResponseHead:
     chunked: bool
     content_length: int | None
     connection: bytes | None = None  # as RequestHead.connection
+    raw: RawLines | None = None  # as RequestHead.raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +101,20 @@ Event = RequestHead | ResponseHead | Body | MessageEnd | Upgrade | ParseError
 END_KEEP_ALIVE = MessageEnd(True)
 END_CLOSE = MessageEnd(False)
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_RAW_VERSIONS = {v: v for v in _VERSIONS.values()}
 
 
-# Lengths of content-length, transfer-encoding, host, connection, expect.
-_LOOK_AT = frozenset({14, 17, 4, 10, 6})
+# What on_header does with a header (by lower-case name); only names of these lengths get a
+# look, which spares most headers the lower-casing.
+_HOST, _LENGTH, _CHUNKED, _CONNECTION, _EXPECT, _XFF, _REQUEST_ID, _DROP = range(8)
+_REQUEST_CODES = dict.fromkeys(REQUEST_REPLACED, _DROP) | {
+    b"host": _HOST, b"content-length": _LENGTH, b"transfer-encoding": _CHUNKED,
+    b"connection": _CONNECTION, b"expect": _EXPECT, b"x-forwarded-for": _XFF,
+    b"x-request-id": _REQUEST_ID}
+_RESPONSE_CODES = dict.fromkeys(HOP_BY_HOP, _DROP) | {
+    b"content-length": _LENGTH, b"transfer-encoding": _CHUNKED, b"connection": _CONNECTION}
+_REQUEST_LENGTHS = frozenset(len(name) for name in _REQUEST_CODES)
+_RESPONSE_LENGTHS = frozenset(len(name) for name in _RESPONSE_CODES)
 
 
 class _Limit(Exception):
@@ -100,9 +126,12 @@ class _Limit(Exception):
 
 class _Reader:
     __slots__ = (
+        "_between",
         "_chunked",
+        "_cl_at",
         "_connection",
         "_content_length",
+        "_drop",
         "_events",
         "_expect",
         "_failed",
@@ -110,7 +139,10 @@ class _Reader:
         "_host",
         "_hosts",
         "_parser",
+        "_raw_src",
+        "_request_id",
         "_url",
+        "_xff",
         "limits",
     )
 
@@ -120,10 +152,15 @@ class _Reader:
         self.limits = limits
         self._events: list[Event] = []
         self._failed = False
+        # No callback yet since the last message ended (so a next head has at most its
+        # method, or its status line up to the reason, before the next chunk: see _raw_lines).
+        self._between = True
+        self._raw_src: bytes | None = None  # what `feed` got, while its first head may start it
         self._reset_message()
 
     def _reset_message(self) -> None:
         self._headers: Headers = []
+        self._drop: list[int] = []
         self._chunked = False
         self._content_length: int | None = None
         self._url = b""
@@ -131,41 +168,28 @@ class _Reader:
         self._host: bytes | None = None
         self._hosts = 0
         self._expect: bytes | None = None
+        self._request_id: bytes | None = None
+        self._xff: bytes | None = None
+        self._cl_at = -1
 
     # httptools callbacks (no on_message_begin: the state is reset right after each head,
     # which saves a callback per message) ---------------------------------------------
-    def _check_limits(self) -> None:
+    def _check_limits(self, block: bytes | None = None) -> None:
         """Header count and size limits, checked once per head (in `on_headers_complete`)
-        and after every chunk of an unfinished head (`feed`), not per header."""
+        and after every chunk of an unfinished head (`feed`), not per header. `block`, the
+        head's raw header lines, bounds the size from above (each line is at least name,
+        colon, value and CRLF): within the limit, the sum need not be taken."""
         headers = self._headers
         limits = self.limits
         if len(headers) > limits.max_headers:
             raise _Limit(431, "too many request headers")
+        if block is not None and len(block) + len(headers) <= limits.max_header_bytes:
+            return
         size = 4 * len(headers)
         for name, value in headers:
             size += len(name) + len(value)
         if size > limits.max_header_bytes:
             raise _Limit(431, "request headers exceed the size limit")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # Only a few headers need a look; their lengths are distinct enough to gate on.
-        size = len(name)
-        if size in _LOOK_AT:
-            lower = name.lower()
-            if lower == b"transfer-encoding":
-                # llhttp already insists that chunked is last and alone with CL.
-                self._chunked = value.strip().lower().endswith(b"chunked")
-            elif lower == b"content-length":
-                self._content_length = int(value)
-            elif lower == b"host":
-                self._host = value
-                self._hosts += 1
-            elif lower == b"connection":
-                self._connection = (value if self._connection is None
-                                    else self._connection + b"," + value)
-            elif lower == b"expect":
-                self._expect = value
-        self._headers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
         self._events.append(Body(bytes(body)))
@@ -173,6 +197,8 @@ class _Reader:
     def feed(self, data: bytes) -> list[Event]:
         if self._failed:
             return []
+        # Kept while a head that completes in this chunk may have started at its first byte.
+        self._raw_src = data if self._between else None
         try:
             self._parser.feed_data(data)
             if self._headers:  # a head still in progress after this chunk
@@ -209,18 +235,70 @@ class RequestReader(_Reader):
         self._parser = httptools.HttpRequestParser(self)
 
     def on_url(self, url: bytes) -> None:
+        self._between = False
         self._url += url
         if len(self._url) > self.limits.max_uri:
             raise _Limit(414, "request URI exceeds the size limit")
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Hot path (once per header): only names of a few lengths get a look.
+        if len(name) in _REQUEST_LENGTHS:
+            code = _REQUEST_CODES.get(name.lower())
+            if code is not None:
+                if code == _HOST:
+                    self._host = value
+                    self._hosts += 1
+                elif code == _REQUEST_ID:
+                    self._request_id = value
+                    self._headers.append((name, value))
+                    return  # kept as it came
+                elif code == _LENGTH:
+                    self._content_length = int(value)
+                elif code == _CHUNKED:
+                    # llhttp already insists that chunked is last and alone with CL.
+                    self._chunked = value.strip().lower().endswith(b"chunked")
+                elif code == _CONNECTION:
+                    self._connection = (value if self._connection is None
+                                        else self._connection + b"," + value)
+                elif code == _XFF:
+                    self._xff = value
+                elif code == _EXPECT:
+                    self._expect = value
+                self._drop.append(len(self._headers))
+        self._headers.append((name, value))
+
+    def _raw_lines(self, src: bytes, method: bytes) -> tuple[RawLines | None, bytes | None]:
+        """The head's header lines as fed in `src` and its version, when the head started
+        at its first byte; (None, None) otherwise (the caller falls back to the list).
+
+        `src` was fed with no callback since the last message (on_url fires for any part
+        of a target, at the latest when a chunk ends), so at most a part of the method came
+        before it, or an empty line. It starts this head iff it starts with the method and
+        a space: after a partial method it would be another method, after a whole one a
+        method where the target should be, which llhttp refuses. The first CRLF then ends
+        the request line, whose last three bytes are the version."""
+        end = src.find(b"\r\n")
+        stop = src.find(b"\r\n\r\n", end)
+        if stop < 0 or not src.startswith(method) or src[len(method)] != 32:  # b" "
+            return None, None
+        return ((src[end + 2:stop + 2], self._headers, self._drop, self._request_id, self._xff,
+                 -1), _RAW_VERSIONS.get(src[end - 3:end]))
+
     def on_headers_complete(self) -> None:
-        self._check_limits()
         parser = self._parser
-        text = parser.get_http_version()
-        version = _VERSIONS.get(text)
+        method = parser.get_method()
+        src = self._raw_src
+        raw = version = None
+        if src is not None:
+            self._raw_src = None
+            raw, version = self._raw_lines(src, method)
+        self._check_limits(raw[0] if raw is not None else None)
         if version is None:
-            raise _Limit(505 if text.startswith("2") else 400,
-                         f"HTTP/{text} is not supported; use HTTP/1.1")
+            text = parser.get_http_version()
+            version = _VERSIONS.get(text)
+            if version is None:
+                raise _Limit(505 if text.startswith("2") else 400,
+                             f"HTTP/{text} is not supported; use HTTP/1.1")
         if self._hosts > 1:
             raise _Limit(400, "more than one Host header")
         host = self._host
@@ -230,14 +308,16 @@ class RequestReader(_Reader):
         if host is None and version == b"1.1":
             raise _Limit(400, "HTTP/1.1 request without a Host header")
         self._events.append(RequestHead(
-            parser.get_method(), self._url, version, self._headers,
+            method, self._url, version, self._headers,
             parser.should_keep_alive(), self._chunked, self._content_length,
-            parser.should_upgrade(), expect, host, self._connection,
+            parser.should_upgrade(), expect, host, self._connection, raw,
         ))
+        self._between = False
         self._reset_message()  # the head owns the header list; empty = no head pending
 
     def on_message_complete(self) -> None:
         # should_keep_alive() is only right inside this callback.
+        self._between = True
         self._events.append(END_KEEP_ALIVE if self._parser.should_keep_alive() else END_CLOSE)
 
 
@@ -260,21 +340,64 @@ class ResponseReader(_Reader):
         self._head_request = True
 
     def on_status(self, status: bytes) -> None:
+        self._between = False
         self._status_reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Hot path (once per header): only names of a few lengths get a look.
+        if len(name) in _RESPONSE_LENGTHS:
+            code = _RESPONSE_CODES.get(name.lower())
+            if code is not None:
+                if code == _LENGTH:
+                    self._content_length = int(value)
+                    self._cl_at = len(self._headers)
+                    self._headers.append((name, value))
+                    return  # not hop-by-hop: the relay decides
+                if code == _CHUNKED:
+                    self._chunked = value.strip().lower().endswith(b"chunked")
+                elif code == _CONNECTION:
+                    self._connection = (value if self._connection is None
+                                        else self._connection + b"," + value)
+                self._drop.append(len(self._headers))
+        self._headers.append((name, value))
 
     def _reset_message(self) -> None:
         super()._reset_message()
         self._status_reason = b""
 
+    def _raw_lines(self, src: bytes) -> tuple[RawLines | None, bytes | None]:
+        """As RequestReader._raw_lines, for a status line with a reason (the common case;
+        without one, a header could have started before `src` with no callback). The
+        reason reached on_status in this chunk, so the status line ends in `src`, and no
+        header came before it; `src` starts the head iff its first line is the whole
+        status line (`HTTP/x.y NNN ` and the reason: 13 bytes more than the reason)."""
+        end = src.find(b"\r\n")
+        reason = self._status_reason
+        if not reason or end != 13 + len(reason) or not src.startswith(b"HTTP/"):
+            return None, None
+        stop = src.find(b"\r\n\r\n", end)
+        if stop < 0:
+            return None, None
+        return ((src[end + 2:stop + 2], self._headers, self._drop, None, None, self._cl_at),
+                _RAW_VERSIONS.get(src[5:8]))
+
     def on_headers_complete(self) -> None:
-        self._check_limits()
         parser = self._parser
         status = parser.get_status_code()
-        text = parser.get_http_version()
+        src = self._raw_src
+        raw = version = None
+        if src is not None:
+            self._raw_src = None
+            raw, version = self._raw_lines(src)
+        self._check_limits(raw[0] if raw is not None else None)
+        if version is None:
+            text = parser.get_http_version()
+            version = _VERSIONS.get(text) or text.encode()
         self._events.append(ResponseHead(
-            status, self._status_reason or b"-", _VERSIONS.get(text) or text.encode(),
-            self._headers, self._chunked, self._content_length, self._connection,
+            status, self._status_reason or b"-", version,
+            self._headers, self._chunked, self._content_length, self._connection, raw,
         ))
+        self._between = False
         self._reset_message()
         if self._head_request and status >= 200:
             self._head_request = False
@@ -283,6 +406,7 @@ class ResponseReader(_Reader):
             raise _Limit(0, "head response done")
 
     def on_message_complete(self) -> None:
+        self._between = True
         self._events.append(END_KEEP_ALIVE if self._parser.should_keep_alive() else END_CLOSE)
 
     def feed(self, data: bytes) -> list[Event]:

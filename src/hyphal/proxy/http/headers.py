@@ -17,12 +17,18 @@ HOP_BY_HOP = frozenset({
 })
 # Framing headers the proxy always writes itself.
 _FRAMING = frozenset({b"content-length"})
+# Request headers never copied upstream as they came: hop-by-hop ones, framing (re-added),
+# Host (rewritten), Expect (answered here), and the ones this hop sets or extends.
+REQUEST_REPLACED = HOP_BY_HOP | {
+    b"content-length", b"host", b"expect", b"x-forwarded-proto", b"x-forwarded-client-cert",
+    b"x-forwarded-for", b"x-request-id"}
 
 REASONS: dict[int, bytes] = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No Content",
     301: b"Moved Permanently", 302: b"Found", 307: b"Temporary Redirect",
     308: b"Permanent Redirect", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
-    408: b"Request Timeout", 417: b"Expectation Failed", 413: b"Content Too Large", 414: b"URI Too Long",
+    408: b"Request Timeout", 417: b"Expectation Failed", 413: b"Content Too Large",
+    414: b"URI Too Long",
     429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
     500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
     503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
@@ -37,6 +43,23 @@ def tokens_of(connection: bytes | None) -> frozenset[bytes]:
 
 
 _NO_TOKENS: frozenset[bytes] = frozenset()
+
+
+def names_only_hop_by_hop(connection: bytes | None) -> bool:
+    """Whether a Connection value names only headers that are hop-by-hop anyway (as
+    `keep-alive`, `upgrade`), so dropping those drops all it names."""
+    return connection is None or tokens_of(connection) <= HOP_BY_HOP
+
+
+def cut_lines(block: bytes, drop: list[int]) -> bytes:
+    """`block` (header lines, each ending in CRLF) without the lines at the indices in
+    `drop` (ascending). Two C calls whatever the number of headers."""
+    if len(drop) == 1 and drop[0] == 0:  # only the first line (usually Host)
+        return block[block.index(b"\r\n") + 2:]
+    lines = block.split(b"\r\n")
+    for index in reversed(drop):
+        del lines[index]
+    return b"\r\n".join(lines)
 
 
 def connection_tokens(headers: Headers) -> frozenset[bytes]:

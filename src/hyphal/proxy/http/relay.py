@@ -21,8 +21,10 @@ from hyphal.proxy.http.headers import (
     LAST_CHUNK,
     Headers,
     apply_transforms,
+    cut_lines,
     encode_chunk,
     local_response,
+    names_only_hop_by_hop,
     strip_hop_by_hop,
     tokens_of,
 )
@@ -339,13 +341,25 @@ class Relay:
         req = self.head
         version = b"1.1" if req.version == b"1.1" else b"1.0"
         parts = [b"HTTP/", version, b" %d " % status, head.reason, b"\r\n"]
-        if headers is None:
+        raw = head.raw
+        length_kept = False  # the upstream's Content-Length line is among those copied
+        if (headers is None and raw is not None and raw[1] is head.headers
+                and status != 101 and names_only_hop_by_hop(head.connection)):
+            # Hot path: the header lines as received minus the hop-by-hop ones (usually
+            # none: the block as it is); Content-Length stays where it was, except on a 204.
+            block, _, drop, _, _, cl_at = raw
+            if status == 204 and cl_at >= 0:
+                drop = sorted((*drop, cl_at))
+            else:
+                length_kept = cl_at >= 0
+            parts.append(cut_lines(block, drop) if drop else block)
+        elif headers is None:
             listed = tokens_of(head.connection)
             for name, value in head.headers:
                 lower = name.lower()
-                if lower in _RESPONSE_DROP or lower in listed:
-                    if status != 101 or lower != b"upgrade":
-                        continue
+                if ((lower in _RESPONSE_DROP or lower in listed)
+                        and (status != 101 or lower != b"upgrade")):
+                    continue
                 parts += (name, b": ", value, b"\r\n")
         else:
             for name, value in headers:
@@ -361,12 +375,13 @@ class Relay:
             self.resp_mode = "none"
             self.up_until_close = False
         elif req.method == b"HEAD" or status in (204, 304):
-            if head.content_length is not None and status != 204:
+            if head.content_length is not None and status != 204 and not length_kept:
                 parts.append(b"Content-Length: %d\r\n" % head.content_length)
             self.resp_mode = "none"
             self.up_until_close = False
         elif head.content_length is not None:
-            parts.append(b"Content-Length: %d\r\n" % head.content_length)
+            if not length_kept:
+                parts.append(b"Content-Length: %d\r\n" % head.content_length)
             self.resp_mode = "length"
         elif req.version == b"1.1":
             parts.append(b"Transfer-Encoding: chunked\r\n")
