@@ -74,7 +74,7 @@ class ResponseHead:
     raw: RawLines | None = None  # as RequestHead.raw
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per body chunk, and frozen init costs 2x; never mutated
 class Body:
     data: bytes
 
@@ -141,6 +141,7 @@ class _Reader:
         "_parser",
         "_raw_src",
         "_request_id",
+        "_status_reason",
         "_url",
         "_xff",
         "limits",
@@ -171,20 +172,19 @@ class _Reader:
         self._request_id: bytes | None = None
         self._xff: bytes | None = None
         self._cl_at = -1
+        self._status_reason = b""  # responses only
 
     # httptools callbacks (no on_message_begin: the state is reset right after each head,
     # which saves a callback per message) ---------------------------------------------
-    def _check_limits(self, block: bytes | None = None) -> None:
+    def _check_limits(self) -> None:
         """Header count and size limits, checked once per head (in `on_headers_complete`)
-        and after every chunk of an unfinished head (`feed`), not per header. `block`, the
-        head's raw header lines, bounds the size from above (each line is at least name,
-        colon, value and CRLF): within the limit, the sum need not be taken."""
+        and after every chunk of an unfinished head (`feed`), not per header. A head's raw
+        header lines bound the size from above (each line is at least name, colon, value
+        and CRLF): within the limit, `on_headers_complete` need not call this."""
         headers = self._headers
         limits = self.limits
         if len(headers) > limits.max_headers:
             raise _Limit(431, "too many request headers")
-        if block is not None and len(block) + len(headers) <= limits.max_header_bytes:
-            return
         size = 4 * len(headers)
         for name, value in headers:
             size += len(name) + len(value)
@@ -192,7 +192,7 @@ class _Reader:
             raise _Limit(431, "request headers exceed the size limit")
 
     def on_body(self, body: bytes) -> None:
-        self._events.append(Body(bytes(body)))
+        self._events.append(Body(body))  # httptools hands over a bytes copy
 
     def feed(self, data: bytes) -> list[Event]:
         if self._failed:
@@ -214,7 +214,8 @@ class _Reader:
             self._failed = True
             cause = exc.__context__
             if isinstance(cause, _Limit):
-                self._events.append(ParseError(cause.status, cause.detail))
+                if cause.status:  # 0: a response to HEAD ended with its head (ResponseReader)
+                    self._events.append(ParseError(cause.status, cause.detail))
             else:
                 self._events.append(ParseError(400, f"malformed message: {cause or exc}"))
         except httptools.HttpParserError as exc:
@@ -292,7 +293,11 @@ class RequestReader(_Reader):
         if src is not None:
             self._raw_src = None
             raw, version = self._raw_lines(src, method)
-        self._check_limits(raw[0] if raw is not None else None)
+        headers = self._headers
+        limits = self.limits
+        if (raw is None or len(headers) > limits.max_headers
+                or len(raw[0]) + len(headers) > limits.max_header_bytes):
+            self._check_limits()
         if version is None:
             text = parser.get_http_version()
             version = _VERSIONS.get(text)
@@ -325,13 +330,12 @@ class ResponseReader(_Reader):
     """Parses responses from an upstream connection. Call `expect_head()` before a response
     to a HEAD request (its Content-Length describes no body)."""
 
-    __slots__ = ("_head_request", "_status_reason", "stale")
+    __slots__ = ("_head_request", "stale")
 
     def __init__(self, limits: Limits | None = None) -> None:
         super().__init__(limits or Limits(max_header_bytes=65536, max_headers=200))
         self._parser = httptools.HttpResponseParser(self)
         self._head_request = False
-        self._status_reason = b""
         # Set when the parser had to be abandoned mid-message (HEAD): the connection
         # cannot be reused.
         self.stale = False
@@ -361,10 +365,6 @@ class ResponseReader(_Reader):
                 self._drop.append(len(self._headers))
         self._headers.append((name, value))
 
-    def _reset_message(self) -> None:
-        super()._reset_message()
-        self._status_reason = b""
-
     def _raw_lines(self, src: bytes) -> tuple[RawLines | None, bytes | None]:
         """As RequestReader._raw_lines, for a status line with a reason (the common case;
         without one, a header could have started before `src` with no callback). The
@@ -389,7 +389,11 @@ class ResponseReader(_Reader):
         if src is not None:
             self._raw_src = None
             raw, version = self._raw_lines(src)
-        self._check_limits(raw[0] if raw is not None else None)
+        headers = self._headers
+        limits = self.limits
+        if (raw is None or len(headers) > limits.max_headers
+                or len(raw[0]) + len(headers) > limits.max_header_bytes):
+            self._check_limits()
         if version is None:
             text = parser.get_http_version()
             version = _VERSIONS.get(text) or text.encode()
@@ -408,9 +412,3 @@ class ResponseReader(_Reader):
     def on_message_complete(self) -> None:
         self._between = True
         self._events.append(END_KEEP_ALIVE if self._parser.should_keep_alive() else END_CLOSE)
-
-    def feed(self, data: bytes) -> list[Event]:
-        events = super().feed(data)
-        if self.stale and events and isinstance(events[-1], ParseError) and events[-1].status == 0:
-            events.pop()
-        return events
