@@ -100,8 +100,7 @@ async def _in_child(request: dict[str, Any], limit_s: float) -> dict[str, Any] |
     uvloop: gRPC's fork handlers, a copy of this process's page tables), and from the very
     binary this process runs (`/proc/self/exe`, named as `sys.executable` so that the same
     virtualenv applies): a sidecar running under another uid may not be able to resolve the
-    path `sys.executable` names. The request fits in a pipe's buffer, so writing it does
-    not block; the reply is read on the event loop."""
+    path `sys.executable` names. Request and reply go through the event loop's pipes."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, env.get("PYTHONPATH", "")) if p)
     exe = "/proc/self/exe" if os.path.exists("/proc/self/exe") else sys.executable
@@ -110,9 +109,12 @@ async def _in_child(request: dict[str, Any], limit_s: float) -> dict[str, Any] |
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )
     assert proc.stdin is not None and proc.stdout is not None
+    loop = asyncio.get_running_loop()
+    writer: asyncio.WriteTransport | None = None
     try:
-        with proc.stdin:
-            proc.stdin.write(json.dumps(request).encode())
+        writer, _ = await loop.connect_write_pipe(asyncio.Protocol, proc.stdin)
+        writer.write(json.dumps(request).encode())
+        writer.close()  # after the buffer is flushed: the worker reads to EOF
         async with asyncio.timeout(limit_s):
             out = await _read_all(proc.stdout)
             while proc.poll() is None:  # it exits right after writing its reply
@@ -121,7 +123,8 @@ async def _in_child(request: dict[str, Any], limit_s: float) -> dict[str, Any] |
         if proc.poll() is None:  # timed out, or cancelled because the sidecar is stopping
             proc.kill()
             proc.wait()
-        proc.stdout.close()
+        if writer is not None and not writer.is_closing():
+            writer.abort()  # the pipe transports own (and close) the pipes
     try:
         reply = json.loads(out)
     except ValueError:
