@@ -34,13 +34,18 @@ _BUFFER = _Buffer()
 class BufferedReads(asyncio.BufferedProtocol):
     """Mixin: `get_buffer`/`buffer_updated` feeding the subclass's `data_received(bytes)`."""
 
-    __slots__ = ()
+    __slots__ = ("_view",)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _BUFFER.view
+        # This thread's buffer, looked up once per connection (a protocol lives on one loop).
+        try:
+            return self._view
+        except AttributeError:
+            self._view: memoryview = _BUFFER.view
+            return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_BUFFER.view[:nbytes].tobytes())
+        self.data_received(self._view[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         raise NotImplementedError

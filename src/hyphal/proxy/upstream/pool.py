@@ -268,15 +268,18 @@ class ConnectionPool:
     """Idle keep-alive connections per (endpoint, TLS identity expectation). Clusters with
     `http2` set go through `h2` (protocol bridging) when the data plane wired one."""
 
-    __slots__ = ("_all", "_idle", "_keys", "_per_cluster", "_waiters", "h2", "stats", "tls")
+    __slots__ = ("_all", "_idle", "_lists", "_per_cluster", "_waiters", "h2", "stats", "tls")
 
     def __init__(self, tls: TlsMaterial | None, stats: Stats) -> None:
         # Idle connections per key, most recently used last (taken first: its peer is the
         # least likely to have closed it).
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
-        # pool_key() per endpoint object (config snapshots are immutable), checked by
-        # identity: the request path looks a key up without building one.
-        self._keys: dict[int, tuple[EndpointSpec, UpstreamTls | None, PoolKey]] = {}
+        # The idle list of pool_key(endpoint, cluster) per endpoint object (config snapshots
+        # are immutable), checked by identity: the request path finds it without building
+        # and hashing a key. Lists in _idle are only ever emptied in place, never replaced
+        # (close_idle clears both).
+        self._lists: dict[int, tuple[EndpointSpec, UpstreamTls | None,
+                                     list[UpstreamConnection]]] = {}
         self._all: set[UpstreamConnection] = set()
         self.tls = tls
         self.stats = stats
@@ -297,23 +300,28 @@ class ConnectionPool:
             return await self.h2.wait_for_connection(cluster, timeout_s)
         return await self._waiters.wait(cluster, timeout_s)
 
-    def key_of(self, endpoint: EndpointSpec, cluster: ClusterSpec) -> PoolKey:
-        """pool_key(endpoint, cluster), cached per endpoint object."""
+    def _idle_list(self, endpoint: EndpointSpec,
+                   cluster: ClusterSpec) -> list[UpstreamConnection]:
+        """The idle list of pool_key(endpoint, cluster), remembered per endpoint object."""
         tls = cluster.tls
-        found = self._keys.get(id(endpoint))
-        if found is not None and found[0] is endpoint and found[1] is tls:
-            return found[2]
         key = pool_key(endpoint, cluster)
-        if len(self._keys) > 4096:
-            self._keys.clear()
-        self._keys[id(endpoint)] = (endpoint, tls, key)
-        return key
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
+        if len(self._lists) > 4096:
+            self._lists.clear()
+        self._lists[id(endpoint)] = (endpoint, tls, idle)
+        return idle
 
     def idle_connection(self, endpoint: EndpointSpec, cluster: ClusterSpec,
                         now: float | None = None) -> UpstreamConnection | None:
         """A pooled keep-alive connection to the endpoint, if one is usable (no await).
         `now`: the caller's monotonic time, when it has just read it."""
-        idle = self._idle.get(self.key_of(endpoint, cluster))
+        found = self._lists.get(id(endpoint))
+        if found is not None and found[0] is endpoint and found[1] is cluster.tls:
+            idle = found[2]
+        else:
+            idle = self._idle_list(endpoint, cluster)
         if not idle:
             if cluster.http2 and self.h2 is not None:
                 return self.h2.idle_connection(endpoint, cluster)
@@ -400,6 +408,7 @@ class ConnectionPool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+        self._lists.clear()
 
     def close_all(self) -> None:
         self.close_idle()
