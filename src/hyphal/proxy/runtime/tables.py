@@ -378,10 +378,11 @@ class EndpointSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     identity: str | None = None
     healthy: bool = True
+    # host:port, made once: the request path reads it (not compared, hashed or shown).
+    address: str = field(init=False, repr=False, compare=False, default="")
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", f"{self.host}:{self.port}")
 
 
 @dataclass(frozen=True, slots=True)
