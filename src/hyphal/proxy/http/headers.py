@@ -54,8 +54,6 @@ def names_only_hop_by_hop(connection: bytes | None) -> bool:
 def cut_lines(block: bytes, drop: list[int]) -> bytes:
     """`block` (header lines, each ending in CRLF) without the lines at the indices in
     `drop` (ascending). Two C calls whatever the number of headers."""
-    if len(drop) == 1 and drop[0] == 0:  # only the first line (usually Host)
-        return block[block.index(b"\r\n") + 2:]
     lines = block.split(b"\r\n")
     for index in reversed(drop):
         del lines[index]

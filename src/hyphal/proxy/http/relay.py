@@ -339,9 +339,26 @@ class Relay:
         else:
             headers = None
         req = self.head
+        raw = head.raw
+        if (headers is None and raw is not None and not raw[2] and raw[5] >= 0
+                and head.connection is None and raw[1] is head.headers
+                and 200 <= status != 204 and status != 304 and req.method != b"HEAD"
+                and not req.upgrade and not self.resp_extra):
+            # Hot path (most responses): a Content-Length response with no hop-by-hop
+            # header goes on with its header lines as received, Content-Length among them;
+            # the same head as below builds (bar the lines' spacing and order).
+            self.up_until_close = False
+            self.resp_mode = "length"
+            if not self.req_keep_alive or self.close_after or self.ctx.draining:
+                self.close_after = True
+                end = b"Connection: close\r\n\r\n"
+            else:
+                end = b"\r\n" if req.version == b"1.1" else b"Connection: keep-alive\r\n\r\n"
+            self.down.send(b"HTTP/%s %d %s\r\n%s%s" % (
+                b"1.1" if req.version == b"1.1" else b"1.0", status, head.reason, raw[0], end))
+            return
         version = b"1.1" if req.version == b"1.1" else b"1.0"
         parts = [b"HTTP/", version, b" %d " % status, head.reason, b"\r\n"]
-        raw = head.raw
         length_kept = False  # the upstream's Content-Length line is among those copied
         if (headers is None and raw is not None and raw[1] is head.headers
                 and status != 101 and names_only_hop_by_hop(head.connection)):

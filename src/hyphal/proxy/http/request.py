@@ -60,17 +60,21 @@ def upstream_request_head(
                   or route.request_headers_to_add or route.request_headers_to_remove
                   or vhost.request_headers_to_add or vhost.request_headers_to_remove)
     raw = head.raw
-    if (raw is not None and raw[1] is head.headers and not transforms
-            and not head.upgrade and names_only_hop_by_hop(head.connection)):
+    connection = head.connection
+    if (raw is not None and raw[1] is head.headers and not transforms and not head.upgrade
+            and (connection is None or names_only_hop_by_hop(connection))):
         # Hot path: the same head as the general code below builds, bar the kept lines'
-        # spacing (as the client wrote it).
+        # spacing (as the client wrote it). Flat on purpose: runs once per request.
         block, _, drop, rid, forwarded, _ = raw
         if route.prefix_rewrite is not None or route.regex_rewrite is not None:
             path = rewrite_path(route, target)
         else:
-            path = target.origin
+            path = f"{target.path}?{target.query}" if target.query else target.path
+        if drop:
+            block = (block[block.index(b"\r\n") + 2:] if drop[0] == 0 and len(drop) == 1
+                     else cut_lines(block, drop))  # the first: Host, usually alone
         parts = [head.method, b" ", path.encode("latin-1"), b" HTTP/1.1\r\nHost: ",
-                 authority.encode("latin-1"), b"\r\n", cut_lines(block, drop) if drop else block]
+                 authority.encode("latin-1"), b"\r\n", block]
         if rid is None:
             rid = new_request_id()
             parts += (b"x-request-id: ", rid, b"\r\n")
