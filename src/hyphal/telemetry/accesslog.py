@@ -58,18 +58,18 @@ class AccessLog:
         """One HTTP/1.1 exchange, as `http_line` encodes it, from the exchange's raw values
         (`upstream_ms` < 0: no upstream response; `identity` None: a plaintext peer).
 
-        The hot path's encoder: the run of fields that repeat from request to request
-        (protocol to upstream host) and the method are cached encoded; the rest is one
-        format. Only enabled logs are called (the caller checks `enabled`)."""
-        key = (version, peer, identity, listener, route, cluster, upstream)
-        middle = _MIDDLE.get(key)
-        if middle is None:
+        The hot path's encoder: the fields that repeat from request to request (method and
+        authority; protocol to upstream host; status and reason) are cached encoded, the
+        rest is one format. Only enabled logs are called (the caller checks `enabled`)."""
+        key = (method, authority, version, peer, identity, listener, route, cluster, upstream)
+        runs = _RUNS.get(key)
+        if runs is None:
             protocol = "HTTP/1.1" if version == b"1.1" else f"HTTP/{version.decode()}"
-            middle = _middle(key, protocol, peer, identity or "-", listener, route, cluster,
-                             upstream)
-        line = _line(start_wall, request_id.decode("latin-1") or "-",
-                     _METHODS.get(method) or _method(method), authority, path, middle,
-                     status, reason, bytes_in, bytes_out, duration_ms, upstream_ms)
+            runs = _runs(key, method.decode("latin-1"), authority, protocol, peer,
+                         identity or "-", listener, route, cluster, upstream)
+        line = _line(start_wall, request_id.decode("latin-1") or "-", path, runs,
+                     _OUTCOMES.get((status, reason)) or _outcome(status, reason), bytes_in,
+                     bytes_out, duration_ms, upstream_ms)
         self._buffer.append(line)
         self._size += len(line)
         if self._size >= 65536:
@@ -162,37 +162,38 @@ def iso_time(epoch: float) -> str:
     return f"{_second_cache[1]}.{_MILLIS[millis] if 0 <= millis < 1000 else f'{millis:03d}'}Z"
 
 
-# Encoded runs of repeating fields by (version or protocol, peer, identity, listener, route,
-# cluster, upstream), and quoted methods: bounded (clients choose some of these values).
-_MIDDLE: dict[tuple[object, ...], str] = {}
-_METHODS: dict[bytes, str] = {}
+# Encoded runs of fields that repeat from request to request, by the values they encode:
+# (method and authority, before the path; protocol to upstream host, after it) and (status
+# and reason). Bounded: clients choose some of these values.
+_RUNS: dict[tuple[object, ...], tuple[str, str]] = {}
+_OUTCOMES: dict[tuple[int, str], str] = {}
 
 
-def _middle(key: tuple[object, ...], protocol: str, peer: str, identity: str, listener: str,
-            route: str, cluster: str, upstream: str) -> str:
+def _runs(key: tuple[object, ...], method: str, authority: str, protocol: str, peer: str,
+          identity: str, listener: str, route: str, cluster: str,
+          upstream: str) -> tuple[str, str]:
     q = _quote
-    if len(_MIDDLE) > 4096:
-        _MIDDLE.clear()
-    middle = _MIDDLE[key] = (
+    if len(_RUNS) > 4096:
+        _RUNS.clear()
+    runs = _RUNS[key] = (
+        f'"method":{q(method)},"authority":{q(authority)},',
         f'"protocol":{q(protocol)},"downstream_peer":{q(peer)},'
         f'"downstream_identity":{q(identity)},"listener":{q(listener)},'
         f'"route":{q(route)},"cluster":{q(cluster)},"upstream_host":{q(upstream)},')
-    return middle
+    return runs
 
 
-def _method(method: bytes) -> str:
-    if len(_METHODS) > 256:
-        _METHODS.clear()
-    quoted = _METHODS[method] = _quote(method.decode("latin-1"))
-    return quoted
+def _outcome(status: int, reason: str) -> str:
+    if len(_OUTCOMES) > 1024:
+        _OUTCOMES.clear()
+    text = _OUTCOMES[(status, reason)] = f'"status":{status},"reason":{_quote(reason)},'
+    return text
 
 
-def _line(start_wall: float, request_id: str, method: str, authority: str, path: str,
-          middle: str, status: int, reason: str, bytes_in: int, bytes_out: int,
-          duration_ms: float, upstream_ms: float) -> str:
-    """The line around the cached parts: `method` and `middle` come encoded; a negative
-    `upstream_ms` is null. The timestamp's seconds are cached as in `iso_time`."""
-    q = _quote
+def _line(start_wall: float, request_id: str, path: str, runs: tuple[str, str], outcome: str,
+          bytes_in: int, bytes_out: int, duration_ms: float, upstream_ms: float) -> str:
+    """The line around the cached runs (`_runs`, `_outcome`); a negative `upstream_ms` is
+    null. The timestamp's seconds are cached as in `iso_time`."""
     if "eyJ" in path:
         path = redact(path)
     whole = int(start_wall)
@@ -203,8 +204,7 @@ def _line(start_wall: float, request_id: str, method: str, authority: str, path:
     return (
         f'{{"start_time":"{_second_cache[1]}.'
         f'{_MILLIS[millis] if 0 <= millis < 1000 else f"{millis:03d}"}Z",'
-        f'"request_id":{q(request_id)},"method":{method},"authority":{q(authority)},'
-        f'"path":{q(path)},{middle}"status":{status},"reason":{q(reason)},'
+        f'"request_id":{_quote(request_id)},{runs[0]}"path":{_quote(path)},{runs[1]}{outcome}'
         f'"bytes_received":{bytes_in},"bytes_sent":{bytes_out},"duration_ms":{duration_ms:.3f},'
         f'"upstream_service_time_ms":{"null" if upstream_ms < 0 else format(upstream_ms, ".3f")}'
         '}\n')
@@ -217,9 +217,9 @@ def http_line(start_wall: float, request_id: str, method: str, authority: str, p
     """One HTTP access-log line with the `FIELDS` keys in order: the same JSON as `log`
     builds from a dict, in one format call, from decoded values (`AccessLog.http` is the
     request path's form of it)."""
-    key = (protocol, peer, identity, listener, route, cluster, upstream)
-    middle = _MIDDLE.get(key) or _middle(key, protocol, peer, identity, listener, route,
-                                        cluster, upstream)
-    return _line(start_wall, request_id, _quote(method), authority, path, middle, status,
-                 reason, bytes_in, bytes_out, duration_ms,
-                 -1.0 if upstream_ms is None else upstream_ms).encode()
+    key = (method, authority, protocol, peer, identity, listener, route, cluster, upstream)
+    runs = _RUNS.get(key) or _runs(key, method, authority, protocol, peer, identity, listener,
+                                   route, cluster, upstream)
+    return _line(start_wall, request_id, path, runs,
+                 _OUTCOMES.get((status, reason)) or _outcome(status, reason), bytes_in,
+                 bytes_out, duration_ms, -1.0 if upstream_ms is None else upstream_ms).encode()
