@@ -66,7 +66,7 @@ class _Either:
 class ClusterRuntime:
     """The live state of one cluster next to its immutable ClusterSpec."""
 
-    __slots__ = ("_backoffs", "_conditions", "_out", "_out_from", "_single", "active",
+    __slots__ = ("_backoffs", "_conditions", "_only", "_out", "_out_from", "_single", "active",
                  "breaker", "budget", "health", "keys", "outlier", "picker", "rng", "spec",
                  "stats")
 
@@ -124,6 +124,8 @@ class ClusterRuntime:
                 self.health = ActiveHealth.start(spec, self.keys, pool)
         elif kept_health is not None:
             kept_health.stop()
+        # `_single` when neither outlier detection nor active health checks can exclude it.
+        self._only = self._single if self.outlier is None and self.health is None else None
         self._out: Container[str] = _NOTHING
         self._out_from: tuple[object, object] = (None, None)
         self._conditions: dict[RetryPolicy, RetryConditions] = (
@@ -136,16 +138,24 @@ class ClusterRuntime:
     def admit(self, now: float) -> str | None:
         """A new request (not a retry): None when admitted (call `release()` at its end), else
         the refusal reason for `x-hyphal-reason` (`circuit_open`)."""
-        admission = self.breaker.admit_request()
-        if admission is not ADMITTED:  # `is`: Admission.__bool__ is a Python call
-            reason = admission.reason.value if admission.reason else "circuit_open"
-            self.overflow(reason)
-            return reason
+        breaker = self.breaker
+        if breaker.requests < breaker.limits.max_requests:
+            breaker.requests += 1  # CircuitBreaker.admit_request inlined: once per request
+        else:
+            admission = breaker.admit_request()  # the refusal, counted by the breaker
+            if admission is not ADMITTED:
+                reason = admission.reason.value if admission.reason else "circuit_open"
+                self.overflow(reason)
+                return reason
         self.budget.record_request(now)
         return None
 
     def release(self) -> None:
-        self.breaker.release_request()
+        breaker = self.breaker
+        if breaker.requests > 0:
+            breaker.requests -= 1  # CircuitBreaker.release_request inlined: once per request
+        else:
+            breaker.release_request()  # counts the underflow
 
     def admit_retry(self, now: float) -> str | None:
         """None when a retry may start (call `release_retry()` when it ends); else why not:
@@ -193,6 +203,9 @@ class ClusterRuntime:
              now: float | None = None) -> EndpointSpec | None:
         """An endpoint for the next try. `exclude` holds the endpoints this request already
         tried: they are avoided while another usable endpoint exists."""
+        only = self._only
+        if only is not None and not exclude:
+            return only  # one endpoint, nothing can exclude it: no balancer, no clock
         if now is None:
             now = time.monotonic()
         out = self._excluded(now)
