@@ -183,3 +183,16 @@ def test_response_head_from_lines_means_the_same_as_from_the_list() -> None:
                             again.status, again.version, again.content_length, again.chunked,
                             again.connection, sorted((n.lower(), v) for n, v in again.headers)))
         assert results[0] == results[1], raw
+
+
+def test_the_spelled_lookup_tables_agree_with_the_lower_case_ones() -> None:
+    from hyphal.proxy.http import codec
+
+    for spelled, codes in ((codec._REQUEST_SPELLED, codec._REQUEST_CODES),
+                           (codec._RESPONSE_SPELLED, codec._RESPONSE_CODES)):
+        for name, code in spelled.items():
+            assert codes.get(name.lower(), codec._PLAIN) == code, name
+    head = RequestReader().feed(b"GET / HTTP/1.1\r\nHOST: a\r\nX-FORWARDED-FOR: 1.2.3.4\r\n"
+                                b"Content-Length: 0\r\nuser-agent: u\r\n\r\n")[0]
+    assert isinstance(head, RequestHead) and head.host == b"a" and head.content_length == 0
+    assert head.raw is not None and head.raw[2] == [0, 1, 2] and head.raw[4] == b"1.2.3.4"

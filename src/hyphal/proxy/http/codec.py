@@ -104,17 +104,41 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 _RAW_VERSIONS = {v: v for v in _VERSIONS.values()}
 
 
-# What on_header does with a header (by lower-case name); only names of these lengths get a
-# look, which spares most headers the lower-casing.
-_HOST, _LENGTH, _CHUNKED, _CONNECTION, _EXPECT, _XFF, _REQUEST_ID, _DROP = range(8)
+# What on_header does with a header (by lower-case name; _PLAIN: nothing).
+_HOST, _LENGTH, _CHUNKED, _CONNECTION, _EXPECT, _XFF, _REQUEST_ID, _DROP, _PLAIN = range(9)
 _REQUEST_CODES = dict.fromkeys(REQUEST_REPLACED, _DROP) | {
     b"host": _HOST, b"content-length": _LENGTH, b"transfer-encoding": _CHUNKED,
     b"connection": _CONNECTION, b"expect": _EXPECT, b"x-forwarded-for": _XFF,
     b"x-request-id": _REQUEST_ID}
 _RESPONSE_CODES = dict.fromkeys(HOP_BY_HOP, _DROP) | {
     b"content-length": _LENGTH, b"transfer-encoding": _CHUNKED, b"connection": _CONNECTION}
+# Only names of these lengths can be one of the above (the rest skip the lower-casing).
 _REQUEST_LENGTHS = frozenset(len(name) for name in _REQUEST_CODES)
 _RESPONSE_LENGTHS = frozenset(len(name) for name in _RESPONSE_CODES)
+# Common names in common spellings, looked up as they come (one dict lookup, no lower-casing):
+# the names above, and others that are _PLAIN. Any other spelling takes the general way.
+_COMMON = (
+    b"accept", b"accept-encoding", b"accept-language", b"accept-ranges", b"age",
+    b"authorization", b"baggage", b"cache-control", b"content-encoding", b"content-type",
+    b"cookie", b"date", b"etag", b"expires", b"grpc-timeout", b"if-modified-since",
+    b"if-none-match", b"last-modified", b"location", b"origin", b"pragma", b"referer",
+    b"server", b"set-cookie", b"traceparent", b"tracestate", b"user-agent", b"vary",
+    b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-spanid", b"x-b3-traceid",
+    b"x-hyphal-deadline")
+
+
+def _spellings(codes: dict[bytes, int]) -> dict[bytes, int]:
+    table = {}
+    for lower in _COMMON:
+        if lower not in codes:
+            table[lower] = table[lower.title()] = _PLAIN
+    for lower, code in codes.items():
+        table[lower] = table[lower.title()] = table[lower.upper()] = code
+    return table
+
+
+_REQUEST_SPELLED = _spellings(_REQUEST_CODES)
+_RESPONSE_SPELLED = _spellings(_RESPONSE_CODES)
 
 
 class _Limit(Exception):
@@ -242,30 +266,32 @@ class RequestReader(_Reader):
             raise _Limit(414, "request URI exceeds the size limit")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Hot path (once per header): only names of a few lengths get a look.
-        if len(name) in _REQUEST_LENGTHS:
-            code = _REQUEST_CODES.get(name.lower())
-            if code is not None:
-                if code == _HOST:
-                    self._host = value
-                    self._hosts += 1
-                elif code == _REQUEST_ID:
-                    self._request_id = value
-                    self._headers.append((name, value))
-                    return  # kept as it came
-                elif code == _LENGTH:
-                    self._content_length = int(value)
-                elif code == _CHUNKED:
-                    # llhttp already insists that chunked is last and alone with CL.
-                    self._chunked = value.strip().lower().endswith(b"chunked")
-                elif code == _CONNECTION:
-                    self._connection = (value if self._connection is None
-                                        else self._connection + b"," + value)
-                elif code == _XFF:
-                    self._xff = value
-                elif code == _EXPECT:
-                    self._expect = value
-                self._drop.append(len(self._headers))
+        # Hot path (once per header): common spellings in one lookup, others by length.
+        code = _REQUEST_SPELLED.get(name)
+        if code is None:
+            code = (_REQUEST_CODES.get(name.lower(), _PLAIN) if len(name) in _REQUEST_LENGTHS
+                    else _PLAIN)
+        if code != _PLAIN:
+            if code == _HOST:
+                self._host = value
+                self._hosts += 1
+            elif code == _REQUEST_ID:
+                self._request_id = value
+                self._headers.append((name, value))
+                return  # kept as it came
+            elif code == _LENGTH:
+                self._content_length = int(value)
+            elif code == _CHUNKED:
+                # llhttp already insists that chunked is last and alone with CL.
+                self._chunked = value.strip().lower().endswith(b"chunked")
+            elif code == _CONNECTION:
+                self._connection = (value if self._connection is None
+                                    else self._connection + b"," + value)
+            elif code == _XFF:
+                self._xff = value
+            elif code == _EXPECT:
+                self._expect = value
+            self._drop.append(len(self._headers))
         self._headers.append((name, value))
 
     def _raw_lines(self, src: bytes, method: bytes) -> tuple[RawLines | None, bytes | None]:
@@ -348,21 +374,23 @@ class ResponseReader(_Reader):
         self._status_reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Hot path (once per header): only names of a few lengths get a look.
-        if len(name) in _RESPONSE_LENGTHS:
-            code = _RESPONSE_CODES.get(name.lower())
-            if code is not None:
-                if code == _LENGTH:
-                    self._content_length = int(value)
-                    self._cl_at = len(self._headers)
-                    self._headers.append((name, value))
-                    return  # not hop-by-hop: the relay decides
-                if code == _CHUNKED:
-                    self._chunked = value.strip().lower().endswith(b"chunked")
-                elif code == _CONNECTION:
-                    self._connection = (value if self._connection is None
-                                        else self._connection + b"," + value)
-                self._drop.append(len(self._headers))
+        # Hot path (once per header): common spellings in one lookup, others by length.
+        code = _RESPONSE_SPELLED.get(name)
+        if code is None:
+            code = (_RESPONSE_CODES.get(name.lower(), _PLAIN) if len(name) in _RESPONSE_LENGTHS
+                    else _PLAIN)
+        if code != _PLAIN:
+            if code == _LENGTH:
+                self._content_length = int(value)
+                self._cl_at = len(self._headers)
+                self._headers.append((name, value))
+                return  # not hop-by-hop: the relay decides
+            if code == _CHUNKED:
+                self._chunked = value.strip().lower().endswith(b"chunked")
+            elif code == _CONNECTION:
+                self._connection = (value if self._connection is None
+                                    else self._connection + b"," + value)
+            self._drop.append(len(self._headers))
         self._headers.append((name, value))
 
     def _raw_lines(self, src: bytes) -> tuple[RawLines | None, bytes | None]:
