@@ -328,3 +328,37 @@ async def test_per_try_timeout_on_the_fast_path_retries(rig_for: Any) -> None:
         await asyncio.wait_for(exchange.task, 2)
     assert rig.down_t.take().startswith(b"HTTP/1.1 200 OK")
     assert rig.ctx.stats.counter("hyphal_upstream_rq_retry", "product") == 1
+
+
+async def test_tracing_keeps_the_fast_path_for_unsampled_requests(rig_for: Any) -> None:
+    # With an exporter installed, only sampled requests need the general path (it records
+    # their span and injects traceparent); the others are forwarded as without tracing.
+    from hyphal.telemetry import tracing
+
+    spans: list[tracing.SpanRecord] = []
+    before = tracing.TRACER
+    try:
+        for sampling in (0.0, 1.0):
+            tracing.install(tracing.Tracer(tracing.TracingSettings(sampling),
+                                           sink=spans.append))
+            rig = rig_for(route())
+            _, up_t = rig.pooled()
+            rig.down.data_received(GET)
+            exchange = rig.down.queue[0]
+            if sampling == 0.0:
+                assert exchange.task is None and exchange.fast and exchange.span is None
+            else:
+                assert exchange.task is not None and exchange.span is not None
+                await asyncio.sleep(0)
+            head = up_t.take()
+            assert head.startswith(b"GET /items/1 HTTP/1.1\r\nHost: product\r\n")
+            assert (b"traceparent: 00-" in head) == (sampling == 1.0)
+            rig.ups[0][0].data_received(OK)
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert rig.down_t.take().startswith(b"HTTP/1.1 200 OK\r\n")
+            assert not rig.down.queue
+        assert len(spans) == 1 and spans[0].kind == tracing.SPAN_KIND_CLIENT
+        assert tracing.TRACER.started == 1  # one sampling decision per request
+    finally:
+        tracing.install(before)

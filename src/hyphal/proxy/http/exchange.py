@@ -80,14 +80,20 @@ class Exchange(Attempts):
     # ---------------------------------------------------------------- entry points
     def start(self) -> None:
         self.launched = True
-        if (not self.req_done or self.malformed or self.close_after
-                or tracing.TRACER.enabled):
+        if not self.req_done or self.malformed or self.close_after:
             self.task = self.down.loop.create_task(self.run())
             return
         # The fast path (the hot path: inlined here rather than layered): the request is
         # whole, so decide and write upstream now, in the caller's callback.
         self.running = True
         try:
+            tracer = tracing.TRACER
+            if tracer.enabled:  # a sampled request records its span on the general path
+                span = tracer.begin(self.head.headers, self.ctx.inbound, self.started_wall)
+                if span is not None:
+                    self.span = span
+                    self.task = self.down.loop.create_task(self.run())
+                    return
             if not self._route():
                 self._finish()
                 return
@@ -142,7 +148,7 @@ class Exchange(Attempts):
     async def _run(self, stage: int, first: First | None) -> None:
         inbound = self.ctx.inbound
         if stage == _FROM_START:
-            if tracing.TRACER.enabled:
+            if tracing.TRACER.enabled and self.span is None:  # (start() may have begun it)
                 self.span = tracing.TRACER.begin(self.head.headers, inbound, self.started_wall)
             if not self._route():
                 return
