@@ -157,3 +157,35 @@ def test_parse_target_forms():
     assert parse_target(b"h:443", b"h:443") is None
     assert parse_target(b"http://user@h/", None) is None
     assert parse_target(b"/a", None) is None
+
+
+_BUDGET_NAMES = [b"x-hyphal-deadline", b"X-Hyphal-Deadline", b"X-HYPHAL-DEADLINE",
+                 b"x-Hyphal-deadline", b"grpc-timeout", b"Grpc-Timeout", b"GRPC-timeout",
+                 b"content-type", b"Content-Type", b"CONTENT-type", b"accept", b"x-other",
+                 b"x-hyphal-deadlinE", b"grpc-timeouts", b"content-typ"]
+_BUDGET_VALUES = [b"100", b"5S", b"application/grpc", b"application/grpc+proto",
+                  b"Application/grpc", b"text/plain", b"junk"]
+
+
+@settings(deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_BUDGET_NAMES), st.sampled_from(_BUDGET_VALUES)),
+                max_size=6))
+def test_reader_flags_exactly_the_heads_caller_budget_reads(headers):
+    from hyphal.proxy.upstream.policy import NO_BUDGET, caller_budget
+
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(
+        n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n"
+    [head, _] = RequestReader().feed(raw)
+    assert isinstance(head, RequestHead)
+    if not head.budget:  # the exchange then skips caller_budget
+        assert caller_budget(head.headers) is NO_BUDGET
+
+
+def test_reader_budget_flag_for_plain_and_deadline_heads():
+    plain, _ = RequestReader().feed(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Type: text/x\r\n\r\n")
+    timed, _ = RequestReader().feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Hyphal-Deadline: 9\r\n\r\n")
+    grpc, _ = RequestReader().feed(
+        b"POST / HTTP/1.1\r\nHost: a\r\ncontent-type: application/grpc\r\n\r\n")
+    assert isinstance(plain, RequestHead) and not plain.budget
+    assert isinstance(timed, RequestHead) and timed.budget
+    assert isinstance(grpc, RequestHead) and grpc.budget

@@ -88,5 +88,5 @@ def run_request_filters(host: FilterHost, filters: tuple[RequestFilter, ...],
             host._local(reply.status, reply.reason, extra=list(reply.headers))
             return ANSWERED
     if state.headers is not head.headers:
-        host.head = replace(head, headers=state.headers)
+        host.head = replace(head, headers=state.headers, budget=True)  # (see RequestHead)
     return state.auth

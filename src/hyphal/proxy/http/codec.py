@@ -56,6 +56,10 @@ class RequestHead:
     # headers); None lets the head builder skip looking for them.
     connection: bytes | None = None
     raw: RawLines | None = None  # the header lines as received, when the head came whole
+    # Whether `headers` may carry what caller_budget reads (x-hyphal-deadline, grpc-timeout,
+    # a gRPC content-type): False only when the reader saw none; whoever replaces the
+    # headers with others must set it back to True (unknown).
+    budget: bool = True
 
     @property
     def has_body(self) -> bool:
@@ -105,11 +109,14 @@ _RAW_VERSIONS = {v: v for v in _VERSIONS.values()}
 
 
 # What on_header does with a header (by lower-case name; _PLAIN: nothing).
-_HOST, _LENGTH, _CHUNKED, _CONNECTION, _EXPECT, _XFF, _REQUEST_ID, _DROP, _PLAIN = range(9)
+(_HOST, _LENGTH, _CHUNKED, _CONNECTION, _EXPECT, _XFF, _REQUEST_ID, _DROP, _PLAIN, _BUDGET,
+ _CONTENT_TYPE) = range(11)
 _REQUEST_CODES = dict.fromkeys(REQUEST_REPLACED, _DROP) | {
     b"host": _HOST, b"content-length": _LENGTH, b"transfer-encoding": _CHUNKED,
     b"connection": _CONNECTION, b"expect": _EXPECT, b"x-forwarded-for": _XFF,
-    b"x-request-id": _REQUEST_ID}
+    b"x-request-id": _REQUEST_ID,
+    # What upstream.policy.caller_budget reads (RequestHead.budget says whether to look).
+    b"x-hyphal-deadline": _BUDGET, b"grpc-timeout": _BUDGET, b"content-type": _CONTENT_TYPE}
 _RESPONSE_CODES = dict.fromkeys(HOP_BY_HOP, _DROP) | {
     b"content-length": _LENGTH, b"transfer-encoding": _CHUNKED, b"connection": _CONNECTION}
 # Only names of these lengths can be one of the above (the rest skip the lower-casing).
@@ -151,6 +158,7 @@ class _Limit(Exception):
 class _Reader:
     __slots__ = (
         "_between",
+        "_budget",
         "_chunked",
         "_cl_at",
         "_connection",
@@ -197,6 +205,7 @@ class _Reader:
         self._xff: bytes | None = None
         self._cl_at = -1
         self._status_reason = b""  # responses only
+        self._budget = False  # requests only
 
     # httptools callbacks (no on_message_begin: the state is reset right after each head,
     # which saves a callback per message) ---------------------------------------------
@@ -279,6 +288,11 @@ class RequestReader(_Reader):
                 self._request_id = value
                 self._headers.append((name, value))
                 return  # kept as it came
+            elif code >= _BUDGET:
+                if code == _BUDGET or value.startswith(b"application/grpc"):
+                    self._budget = True
+                self._headers.append((name, value))
+                return  # kept as it came
             elif code == _LENGTH:
                 self._content_length = int(value)
             elif code == _CHUNKED:
@@ -341,7 +355,7 @@ class RequestReader(_Reader):
         self._events.append(RequestHead(
             method, self._url, version, self._headers,
             parser.should_keep_alive(), self._chunked, self._content_length,
-            parser.should_upgrade(), expect, host, self._connection, raw,
+            parser.should_upgrade(), expect, host, self._connection, raw, self._budget,
         ))
         self._between = False
         self._reset_message()  # the head owns the header list; empty = no head pending

@@ -53,6 +53,7 @@ from hyphal.proxy.runtime.tables import (
     RedirectAction,
 )
 from hyphal.proxy.upstream.policy import (
+    NO_BUDGET,
     caller_budget,
     effective_deadline,
     request_hash_key,
@@ -251,7 +252,8 @@ class Exchange(Attempts):
             self._local(503, "cluster_not_found")
             return False
         self.spec = spec
-        budget = caller_budget(head.headers)
+        # The reader notes whether the headers carry anything for caller_budget.
+        budget = caller_budget(head.headers) if head.budget else NO_BUDGET
         remaining = budget.remaining_s
         if remaining is not None and remaining <= 0:
             self._local(504, "deadline_exceeded")  # the caller has already given up
