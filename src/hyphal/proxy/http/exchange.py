@@ -62,7 +62,7 @@ from hyphal.proxy.upstream.policy import (
 from hyphal.proxy.upstream.pool import ConnectFailure
 from hyphal.telemetry import tracing
 
-__all__ = ["Downstream", "Exchange"]
+__all__ = ["Downstream", "Exchange", "rbac_needs_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class Exchange(Attempts):
             head = self.head
         rbac = spec.rbac
         headers = None
-        if table.needs_headers or (rbac is not None and rbac_needs_headers(rbac)):
+        if table.needs_headers or (rbac is not None and rbac.needs_headers):
             headers = header_map(head.headers)
             headers[":method"] = method
             headers[":path"] = self.path
