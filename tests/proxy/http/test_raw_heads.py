@@ -110,7 +110,8 @@ def _parsed(raw: bytes) -> tuple[Any, ...]:
 def test_upstream_head_from_lines_means_the_same_as_from_the_list(inbound: bool) -> None:
     rng = random.Random(7)
     names = [b"Accept", b"X-Request-Id", b"x-forwarded-for", b"X-Forwarded-Proto", b"TE",
-             b"X-Forwarded-Client-Cert", b"Keep-Alive", b"Expect", b"Cookie", b"Connection"]
+             b"X-Forwarded-Client-Cert", b"Keep-Alive", b"Expect", b"Cookie", b"Connection",
+             b"X-Hyphal-Deadline", b"grpc-timeout"]
     values = {b"Connection": [b"keep-alive", b"close", b"cookie"], b"Expect": [b"100-continue"],
               b"X-Request-Id": [b"r1", b""]}
     action = ClusterAction.single("c")
@@ -138,6 +139,9 @@ def test_upstream_head_from_lines_means_the_same_as_from_the_list(inbound: bool)
             a, b = a.replace(rid_a, b"ID"), b.replace(rid_b, b"ID")
         taken += a != b
         assert _parsed(a) == _parsed(b), raw
+        # The caller's deadline is re-added per try (with_deadline), never passed on as is.
+        assert not any(n.lower() in (b"x-hyphal-deadline", b"grpc-timeout")
+                       for n, _ in _parsed(a)[2]), a
     assert taken  # the line copy ran (its spacing differs from the list's)
 
 

@@ -289,10 +289,13 @@ class RequestReader(_Reader):
                 self._headers.append((name, value))
                 return  # kept as it came
             elif code >= _BUDGET:
-                if code == _BUDGET or value.startswith(b"application/grpc"):
+                if code == _BUDGET:  # the deadline headers: rewritten per try, not forwarded
                     self._budget = True
+                    self._drop.append(len(self._headers))
+                elif value.startswith(b"application/grpc"):
+                    self._budget = True  # content-type: kept as it came
                 self._headers.append((name, value))
-                return  # kept as it came
+                return
             elif code == _LENGTH:
                 self._content_length = int(value)
             elif code == _CHUNKED:

@@ -38,8 +38,8 @@ class ListenerContext:
     tls: TlsMaterial | None
     stats: Stats
     access_log: AccessLog
-    limits: Limits = Limits()
-    timeouts: Timeouts = Timeouts()
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
     rng: random.Random = field(default_factory=random.Random)
     connections: set[object] = field(default_factory=set)
     _labels: dict[tuple[str, str, str | None], PeerLabels] = field(default_factory=dict)

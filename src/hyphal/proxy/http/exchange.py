@@ -253,7 +253,7 @@ class Exchange(Attempts):
             return False
         self.spec = spec
         # The reader notes whether the headers carry anything for caller_budget.
-        budget = caller_budget(head.headers) if head.budget else NO_BUDGET
+        budget = caller_budget(head.headers, strip=False) if head.budget else NO_BUDGET
         remaining = budget.remaining_s
         if remaining is not None and remaining <= 0:
             self._local(504, "deadline_exceeded")  # the caller has already given up
@@ -266,7 +266,9 @@ class Exchange(Attempts):
             return False
         self.admitted = True
         try:
-            up_source = head if budget.headers is None else replace(head, headers=budget.headers)
+            # The deadline headers are dropped by upstream_request_head itself (by index
+            # from the head's raw lines, or by name), so the head goes as it came.
+            up_source = head
             if self.span is not None:  # sampled: the next hop's parent is this span
                 up_source = replace(up_source, headers=self.span.inject(up_source.headers))
             down = self.down

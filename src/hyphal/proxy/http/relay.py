@@ -194,7 +194,7 @@ class Relay:
         self.spec: ClusterSpec | None = None
         self.runtime: ClusterRuntime | None = None
         self.up_head = b""  # the upstream request head, before the per-try deadline header
-        self.up_source = head  # the head it was built from (deadline headers dropped)
+        self.up_source = head  # what it was built from (the deadline headers still in it)
         self.deadline: float | None = None  # monotonic; route timeout and caller's budget
         self.grpc = False
         self.admitted = False  # holds a cluster admission (breaker max_requests)

@@ -17,7 +17,9 @@ from hyphal.proxy.router import Target, rewrite_path
 from hyphal.proxy.runtime.matchers import parse_query
 from hyphal.proxy.runtime.tables import RedirectAction, Route, VirtualHost, WeightedCluster
 
-_REPLACED = REQUEST_REPLACED
+# Also the caller's deadline headers: the exchange re-adds the remaining time per try
+# (upstream.policy.with_deadline), so the ones that came in never go on.
+_REPLACED = REQUEST_REPLACED | {b"x-hyphal-deadline", b"grpc-timeout"}
 
 
 _XFCC: dict[tuple[str, str], bytes] = {}

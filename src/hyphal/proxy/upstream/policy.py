@@ -44,8 +44,10 @@ class CallerBudget:
 NO_BUDGET = CallerBudget(None, False, None)
 
 
-def caller_budget(headers: Headers) -> CallerBudget:
-    """One pass over the request headers (names compared case-insensitively)."""
+def caller_budget(headers: Headers, strip: bool = True) -> CallerBudget:
+    """One pass over the request headers (names compared case-insensitively). `strip=False`:
+    the caller drops the deadline headers itself (the HTTP/1.1 head builder does), so
+    `headers` of the answer is left None."""
     remaining: float | None = None
     grpc = False
     found = False
@@ -70,6 +72,8 @@ def caller_budget(headers: Headers) -> CallerBudget:
             remaining = parsed
     if not found:
         return CallerBudget(None, grpc, None) if grpc else NO_BUDGET
+    if not strip:
+        return CallerBudget(remaining, grpc, None)
     kept = [(n, v) for n, v in headers if n.lower() not in (DEADLINE, GRPC_TIMEOUT)]
     return CallerBudget(remaining, grpc, kept)
 
