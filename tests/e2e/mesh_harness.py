@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from hyphal.local.ports import PortAllocator
+
+_PORTS = PortAllocator()  # one per test process: never the same port twice
 
 REPO = Path(__file__).resolve().parents[2]
 HYPHAL = (sys.executable, "-m", "hyphal")
@@ -69,15 +72,9 @@ http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct ports the kernel says are free now (all held open together while asked)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """Below the kernel's ephemeral range (hyphal.local.ports): a port taken from it can be
+    grabbed by any outbound connection before the test binds it ("address already in use")."""
+    return _PORTS.allocate_many(n)
 
 
 def wait_until(

@@ -21,12 +21,20 @@ HYPHAL = [sys.executable, "-m", "hyphal"]
 
 
 def _spawn(state: Path, config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [*HYPHAL, "control", "--config-dir", str(config), "--state-dir", str(state),
-             "--xds-port", "0", "--xds-plaintext-port", "0", "--ca-port", "0",
-             "--api-port", "0"],
-            stdout=out, stderr=subprocess.STDOUT, preexec_fn=lambda: os.umask(0))
+    # The child inherits umask 0 from this process for the moment of the spawn. Not
+    # `preexec_fn`: it forces a plain fork that runs Python's at-fork handlers in the child,
+    # and gRPC's (loaded in this process by other tests, with threads running) then crashed
+    # the child before its exec ("Epoll1Poller ... epoll_wait error: Bad file descriptor").
+    old = os.umask(0)
+    try:
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                [*HYPHAL, "control", "--config-dir", str(config), "--state-dir", str(state),
+                 "--xds-port", "0", "--xds-plaintext-port", "0", "--ca-port", "0",
+                 "--api-port", "0"],
+                stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        os.umask(old)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import socket
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from hyphal.local.ports import PortAllocator
 from hyphal.proxy.runtime.tables import (
     ClusterAction,
     ClusterSpec,
@@ -32,6 +32,8 @@ from hyphal.proxy.runtime.tables import (
     VirtualHost,
     WeightedCluster,
 )
+
+_PORTS = PortAllocator()  # one per test process: never the same port twice
 
 TD = "spiffe://cluster.local"
 
@@ -118,9 +120,9 @@ class EchoServer:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Below the kernel's ephemeral range (hyphal.local.ports): a port taken from it can be
+    grabbed by any outbound connection before the test binds it ("address already in use")."""
+    return _PORTS.allocate()
 
 
 # ---------------------------------------------------------------- config builders

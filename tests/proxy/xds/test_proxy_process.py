@@ -17,20 +17,19 @@ from typing import Any
 import httpx
 import pytest
 
+from hyphal.local.ports import PortAllocator
+
+_PORTS = PortAllocator()  # one per test process: never the same port twice
+
 REPO = Path(__file__).resolve().parents[3]
 HYPHAL = [sys.executable, "-m", "hyphal"]
 pytestmark = pytest.mark.e2e
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """Below the kernel's ephemeral range (hyphal.local.ports): a port taken from it can be
+    grabbed by any outbound connection before the test binds it ("address already in use")."""
+    return _PORTS.allocate_many(n)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

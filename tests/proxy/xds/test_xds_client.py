@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compile"))
 import proxy_protos as P
 
+from hyphal.local.ports import PortAllocator
 from hyphal.proxy.bootstrap import NodeInfo
 from hyphal.proxy.compile import Compiler, NodeContext, Snapshot
 from hyphal.proxy.compile.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
@@ -23,6 +23,8 @@ from hyphal.proxy.xds_client import (
     XdsClient,
     build_node,
 )
+
+_PORTS = PortAllocator()  # one per test process: never the same port twice
 
 WILDCARD = {CLUSTER, LISTENER}
 
@@ -98,9 +100,9 @@ def _name(m: Any) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Below the kernel's ephemeral range (hyphal.local.ports): a port taken from it can be
+    grabbed by any outbound connection before the test binds it ("address already in use")."""
+    return _PORTS.allocate()
 
 
 async def start_server(fake: FakeAds, port: int) -> grpc.aio.Server:
