@@ -154,6 +154,7 @@ def leaf_facts(bundle: CertBundle, candidates: bytes) -> LeafFacts:
     child calls it, and the sidecar only for a bundle it did not get from the child)."""
     from cryptography import x509
 
+    from hyphal.control.ca.bundle import fingerprint, issued_by
     from hyphal.identity.certs import CertificateError, load_chain
 
     leaf = x509.load_pem_x509_certificate(bundle.chain_pem)
@@ -165,28 +166,8 @@ def leaf_facts(bundle: CertBundle, candidates: bytes) -> LeafFacts:
         serial=format(leaf.serial_number, "x"),
         not_before=leaf.not_valid_before_utc.isoformat(),
         not_after=leaf.not_valid_after_utc.isoformat(),
-        root_fingerprint=next((_fingerprint(r) for r in roots if _issued_by(leaf, r)), ""),
+        root_fingerprint=next((fingerprint(r) for r in roots if issued_by(leaf, r)), ""),
     )
-
-
-def _fingerprint(cert: Any) -> str:
-    import hashlib
-
-    from cryptography.hazmat.primitives import serialization
-
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def _issued_by(leaf: Any, root: Any) -> bool:
-    from cryptography.exceptions import InvalidSignature
-
-    if leaf.issuer != root.subject:
-        return False
-    try:
-        leaf.verify_directly_issued_by(root)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
 
 
 def _bundle_to_json(b: CertBundle) -> dict[str, Any]:

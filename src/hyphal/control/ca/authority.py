@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hyphal.control.ca import files
+from hyphal.control.ca.bundle import issued_by
 from hyphal.control.ca.csr import IdentityMismatch, SignablePublicKey, parse_and_check
 from hyphal.identity.certs import CertificateError, chain_to_pem, load_chain, not_after
 from hyphal.identity.keys import PrivateKey, generate_key, key_to_pem, load_private_key
@@ -298,7 +298,7 @@ class CertificateAuthority:
         if not_after(leaf) - now < SERVER_RENEW_BEFORE:
             log.info("control-plane serving certificate expires soon: renewing it")
             return None
-        if not any(_signed_by(leaf, root) for root in self._roots):
+        if not any(issued_by(leaf, root) for root in self._roots):
             log.info("control-plane serving certificate chains to no trusted root: renewing")
             return None
         if not _same_public_key(load_private_key(key_pem), leaf):
@@ -336,16 +336,6 @@ _ROOT_KEY_USAGE = x509.KeyUsage(
 
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _signed_by(leaf: x509.Certificate, root: x509.Certificate) -> bool:
-    if leaf.issuer != root.subject:
-        return False
-    try:
-        leaf.verify_directly_issued_by(root)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
 
 
 def load_signing_root(ca_dir: Path) -> tuple[x509.Certificate, PrivateKey]:
