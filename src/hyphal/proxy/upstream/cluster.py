@@ -138,24 +138,16 @@ class ClusterRuntime:
     def admit(self, now: float) -> str | None:
         """A new request (not a retry): None when admitted (call `release()` at its end), else
         the refusal reason for `x-hyphal-reason` (`circuit_open`)."""
-        breaker = self.breaker
-        if breaker.requests < breaker.limits.max_requests:
-            breaker.requests += 1  # CircuitBreaker.admit_request inlined: once per request
-        else:
-            admission = breaker.admit_request()  # the refusal, counted by the breaker
-            if admission is not ADMITTED:
-                reason = admission.reason.value if admission.reason else "circuit_open"
-                self.overflow(reason)
-                return reason
+        admission = self.breaker.admit_request()
+        if admission is not ADMITTED:  # identity, not Admission.__bool__: once per request
+            reason = admission.reason.value if admission.reason else "circuit_open"
+            self.overflow(reason)
+            return reason
         self.budget.record_request(now)
         return None
 
     def release(self) -> None:
-        breaker = self.breaker
-        if breaker.requests > 0:
-            breaker.requests -= 1  # CircuitBreaker.release_request inlined: once per request
-        else:
-            breaker.release_request()  # counts the underflow
+        self.breaker.release_request()
 
     def admit_retry(self, now: float) -> str | None:
         """None when a retry may start (call `release_retry()` when it ends); else why not:
