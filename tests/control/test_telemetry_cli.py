@@ -157,3 +157,40 @@ def test_tap_started_at_is_boot_time_plus_start_ticks(tmp_path: Path) -> None:
     assert tap.started_at(30 * ticks, tmp_path) == 1700000030
     assert tap.started_at(None, tmp_path) is None
     assert tap.started_at(5, tmp_path / "missing") is None
+
+
+def test_tap_without_since_shows_only_this_mesh_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An earlier `hyphal up` in the same run directory appended to the same sidecar log: its
+    requests (inside the default 5-minute window) stay out unless --since asks for them."""
+    import argparse
+    import json
+    import time
+
+    from hyphal.local.rundir import MeshState, RunDir
+
+    now = time.time()
+    btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                 if line.startswith("btime "))
+    started_ticks = int((now - 30 - btime) * os.sysconf("SC_CLK_TCK"))  # the mesh: 30 s ago
+    log = tmp_path / "payment-0.sidecar.log"
+
+    def line(age_s: float, rid: str) -> str:
+        stamp = dt.datetime.fromtimestamp(now - age_s, dt.UTC).isoformat().replace("+00:00", "Z")
+        return json.dumps({"start_time": stamp, "request_id": rid, "status": 200}) + "\n"
+
+    log.write_text(line(120, "earlier-run") + line(10, "this-run"))
+    (tmp_path / "run").mkdir()
+    RunDir(tmp_path / "run").write_state(MeshState(
+        api="", state_dir="", supervisor_pid=None, supervisor_start_ticks=started_ticks,
+        phase="ready", config_dir="",
+        replicas=({"workload": "payment", "replica": 0, "sidecar_log": str(log)},)))
+
+    def tap_ids(since: str | None) -> list[str]:
+        args = argparse.Namespace(workload="payment", replica=None, since=since, follow=False,
+                                  output="json", max=0, run_dir=str(tmp_path / "run"))
+        assert tap.run(args) == 0
+        return [json.loads(out)["request_id"] for out in capsys.readouterr().out.splitlines()]
+
+    assert tap_ids(None) == ["this-run"]
+    assert tap_ids("5m") == ["earlier-run", "this-run"]
