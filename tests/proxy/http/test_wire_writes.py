@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from memory_transport import MemoryTransport
 
 from hyphal.proxy.dataplane import DataPlane
 from hyphal.proxy.http.readbuf import READ_BUFFER_SIZE, BufferedReads
@@ -37,36 +38,6 @@ POST = (b"POST /orders HTTP/1.1\r\nHost: product\r\nContent-Type: application/js
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 18\r\n\r\nhello from the app"
 
 
-class CountingTransport(asyncio.Transport):
-    """Records every write (and its size) so a test can count them per request."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.closing = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.writes.append(bytes(data))
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 def feed(proto: BufferedReads, data: bytes) -> None:
     """Deliver `data` the way a transport does for a buffered protocol."""
     buf = proto.get_buffer(len(data))
@@ -87,11 +58,11 @@ class Rig:
         self.plane.holder.swap(config)
         self.ctx = self.plane._context(config.listeners[0])
         self.down = HttpDownstream(self.ctx)
-        self.down_t = CountingTransport()
+        self.down_t = MemoryTransport()
         self.down.connection_made(self.down_t)
         self.up = UpstreamConnection(self.ctx.pool, pool_key(self.cluster.endpoints[0],
                                                              self.cluster), "product")
-        self.up_t = CountingTransport()
+        self.up_t = MemoryTransport()
         self.up.connection_made(self.up_t)
         self.ctx.pool._all.add(self.up)
         self.ctx.pool.release(self.up, True, None)
@@ -111,9 +82,9 @@ def rig_for(tmp_path: Path) -> Iterator[Any]:
         rig.log.close()
 
 
-async def _wait_for(transport: CountingTransport, count: int) -> None:
+async def _wait_for(transport: MemoryTransport, count: int) -> None:
     for _ in range(500):
-        if len(transport.writes) >= count:
+        if len(transport.written) >= count:
             return
         await asyncio.sleep(0.002)
 
@@ -131,16 +102,16 @@ async def test_fast_path_one_write_each_way_for_small_bodies(rig_for: Any) -> No
     rig = rig_for(Route("r", RouteMatch(), ClusterAction.single("product")))
     for n in range(1, 6):  # every request on the kept-alive connections
         feed(rig.down, POST)
-        assert len(rig.up_t.writes) == n  # head and body in one write, inside the read
-        sent = rig.up_t.writes[-1]
+        assert len(rig.up_t.written) == n  # head and body in one write, inside the read
+        sent = rig.up_t.written[-1]
         assert sent.startswith(b"POST /orders HTTP/1.1\r\n")
         assert sent.endswith(b"\r\n\r\n{\"item\": \"x-42\"}\n")
         feed(rig.up, OK)
-        assert len(rig.down_t.writes) == n  # response head and body in one write
-        answer = rig.down_t.writes[-1]
+        assert len(rig.down_t.written) == n  # response head and body in one write
+        answer = rig.down_t.written[-1]
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
         assert answer.endswith(b"\r\n\r\nhello from the app")
-        assert all(rig.up_t.writes) and all(rig.down_t.writes)  # no empty writes
+        assert all(rig.up_t.written) and all(rig.down_t.written)  # no empty writes
 
 
 async def test_general_path_one_write_each_way_for_small_bodies(rig_for: Any) -> None:
@@ -152,12 +123,12 @@ async def test_general_path_one_write_each_way_for_small_bodies(rig_for: Any) ->
         exchange = rig.down.queue[0]
         assert exchange.task is not None
         await _wait_for(rig.up_t, n)
-        assert len(rig.up_t.writes) == n
-        assert rig.up_t.writes[-1].endswith(b"\r\n\r\n{\"item\": \"x-42\"}\n")
+        assert len(rig.up_t.written) == n
+        assert rig.up_t.written[-1].endswith(b"\r\n\r\n{\"item\": \"x-42\"}\n")
         feed(rig.up, OK)
         await asyncio.wait_for(exchange.task, 2)
-        assert len(rig.down_t.writes) == n
-        assert rig.down_t.writes[-1].endswith(b"\r\n\r\nhello from the app")
+        assert len(rig.down_t.written) == n
+        assert rig.down_t.written[-1].endswith(b"\r\n\r\nhello from the app")
 
 
 async def test_a_response_split_across_reads_is_one_write_per_read(rig_for: Any) -> None:
@@ -166,11 +137,11 @@ async def test_a_response_split_across_reads_is_one_write_per_read(rig_for: Any)
     feed(rig.down, POST)
     cut = OK.index(b"\r\n\r\n") + 4
     feed(rig.up, OK[:20])  # part of the head: nothing to send yet
-    assert rig.down_t.writes == []
+    assert rig.down_t.written == []
     feed(rig.up, OK[20:cut])  # the rest of the head
     feed(rig.up, OK[cut:])  # the body
-    assert len(rig.down_t.writes) == 2
-    assert b"".join(rig.down_t.writes).endswith(b"\r\n\r\nhello from the app")
+    assert len(rig.down_t.written) == 2
+    assert b"".join(rig.down_t.written).endswith(b"\r\n\r\nhello from the app")
 
 
 async def test_reads_copy_out_of_the_shared_buffer(rig_for: Any) -> None:
@@ -183,5 +154,5 @@ async def test_reads_copy_out_of_the_shared_buffer(rig_for: Any) -> None:
     buf[:len(body)] = body
     rig.down.buffer_updated(len(body))
     buf[:len(body)] = b"X" * len(body)  # the next read overwrites the buffer
-    assert rig.up_t.writes and rig.up_t.writes[-1].endswith(body)
+    assert rig.up_t.written and rig.up_t.written[-1].endswith(body)
     assert rig.down.queue[0].chunks == [body]  # the replay copy is intact
